@@ -1,0 +1,52 @@
+# forgrepro — the two commands a fresh machine needs:
+#   make reproduce   set up .venv, then regenerate every paper table on the built-in synthetic data
+#   make test        set up .venv, then run every test (nbdev_test included), ending in pytest's summary
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.forgrepro-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export GRADIO_ANALYTICS_ENABLED := False
+export PYTHONHASHSEED := 0
+
+.PHONY: setup test reproduce demo export clean-nbs check-nbs bench lock
+
+setup: $(STAMP)
+
+# torch/torchvision first (this machine's local wheels), then the package with every pinned dependency.
+$(STAMP): settings.ini setup.py requirements-lock.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -c requirements-lock.txt -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (forgrepro)" >/dev/null
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest tests -ra
+
+reproduce: setup
+	$(VENV)/bin/forgrepro reproduce --data synthetic --scale tiny --device cpu
+
+demo: setup
+	$(VENV)/bin/forgrepro demo
+
+bench: setup
+	for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+export: setup
+	$(VENV)/bin/nbdev_export
+
+clean-nbs: setup
+	$(VENV)/bin/nbdev_clean
+
+# Fails when a notebook is not exported or not clean (the same check runs inside `make test`).
+check-nbs: setup
+	$(PY) -m pytest tests/test_hygiene.py -q
+
+# Refresh the pinned versions after changing settings.ini (run in a working .venv).
+lock:
+	$(PY) -m pip freeze --exclude-editable | grep -v '^-e' > requirements-lock.txt
