@@ -60,7 +60,7 @@ class ToyNet(nn.Module):
         if self.training:
             with torch.no_grad():
                 self.ema.mul_(0.9).add_(self.lin.weight, alpha=0.1)
-                slots = (self.ptr + torch.arange(len(x))) % len(self.queue)
+                slots = (self.ptr + torch.arange(len(x), device=x.device)) % len(self.queue)
                 self.queue[slots] = x
                 self.ptr.copy_(slots[-1] + 1)
         return pred
