@@ -180,9 +180,11 @@ def optimizer_state(run_dir):
     return opt.state_dict()
 
 
-def test_resume_after_kill_mid_epoch_is_bitwise_identical(tmp_path, monkeypatch, capsys):
-    train_fn, val_fn = loaders()
-    cfg = config(tmp_path, "full", checkpoint_every=5)  # 8 steps/epoch, checkpoints at 5, 10, 15, 20
+@pytest.mark.parametrize("batch_size,grad_accum", [(8, 1), (4, 2)])
+def test_resume_after_kill_mid_epoch_is_bitwise_identical(tmp_path, monkeypatch, capsys, batch_size, grad_accum):
+    train_fn, val_fn = loaders(batch_size=batch_size)
+    cfg = config(tmp_path, "full", checkpoint_every=5, batch_size=batch_size, grad_accum=grad_accum)
+    # 8 optimiser steps/epoch, checkpoints at 5, 10, 15, 20
     full = fit(ToyTask(), train_fn, val_fn, cfg)
 
     cfg_k = dataclasses.replace(cfg, out_dir=str(tmp_path / "killed"))
