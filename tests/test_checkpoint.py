@@ -177,7 +177,9 @@ def test_crash_between_the_renames_is_recovered(tmp_path, monkeypatch):
     net2 = Net()
     assert load_checkpoint(tmp_path / "last", net2)["step"] == 1
     assert equal_states(net2.state_dict(), net.state_dict())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    assert not (tmp_path / ".last.old").exists()
+    save_checkpoint(tmp_path / "last", model=net, state={"step": 3})  # the next save clears the abandoned temp dir
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"] and load_state(tmp_path / "last")["step"] == 3
 
 
 def test_clear_errors_for_missing_unexpected_and_misshapen_keys(tmp_path):
