@@ -14,7 +14,8 @@ from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from forgrepro.metrics.dgm4 import (DGM4_FAKE_CLS, OFFICIAL_METRICS, DGM4EvalData, DGM4MetricAccumulator,
+from forgrepro.data.dgm4 import FAKE_CLS
+from forgrepro.metrics.dgm4 import (OFFICIAL_METRICS, DGM4EvalData, DGM4MetricAccumulator,
                                     average_precision, binary_metrics, collect_dgm4, dgm4_breakdown, dgm4_metrics,
                                     fake_cls_multi_hot, grounding_iou, iou_metrics, multilabel_metrics,
                                     token_confusion, token_metrics)
@@ -361,11 +362,11 @@ def test_accumulator_equals_one_shot_and_handles_device_tensors():
 def test_breakdown_subsets_and_undefined_metrics():
     out, tgt, fc = _random_eval(n=900)
     data = collect_dgm4(**out, **tgt)
-    br = dgm4_breakdown(data, fake_cls=[DGM4_FAKE_CLS[i] for i in fc])
-    count = lambda *cls: float(sum(int((fc == DGM4_FAKE_CLS.index(c)).sum()) for c in cls))
+    br = dgm4_breakdown(data, fake_cls=[FAKE_CLS[i] for i in fc])
+    count = lambda *cls: float(sum(int((fc == FAKE_CLS.index(c)).sum()) for c in cls))
     assert br["image"]["N"] == count("orig", "face_swap", "face_attribute")
     assert br["text"]["N"] == count("orig", "text_swap", "text_attribute")
-    assert br["joint"]["N"] == count("orig", *DGM4_FAKE_CLS[5:])
+    assert br["joint"]["N"] == count("orig", *FAKE_CLS[5:])
     assert br["face_swap&text_swap"]["N"] == count("orig", "face_swap&text_swap")
     assert _same(br["all"], {"N": 900.0} | dgm4_metrics(data))
     # subset metrics equal the metrics of the subset
@@ -385,8 +386,8 @@ def test_breakdown_subsets_and_undefined_metrics():
 def test_breakdown_fake_cls_index_order_is_checked():
     out, tgt, fc = _random_eval(n=50)
     data = collect_dgm4(**out, **tgt)
-    other = tuple(reversed(DGM4_FAKE_CLS))
-    fc_other = torch.tensor([other.index(DGM4_FAKE_CLS[i]) for i in fc])
+    other = tuple(reversed(FAKE_CLS))
+    fc_other = torch.tensor([other.index(FAKE_CLS[i]) for i in fc])
     br = dgm4_breakdown(data, fake_cls=fc_other, names=other)
     assert br["orig"]["N"] == float((fc == 0).sum())
     with pytest.raises(ValueError, match="fake_cls disagrees with multi_label"):

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import precision_recall_fscore_support
 
-from forgrepro.metrics.mmtt import (SPICE_NOTE, _caption_to_multilabel, _REGION_SYNONYMS, _REGIONS,
+from forgrepro.data.mmtt import FACIAL_SYNONYMS as _REGION_SYNONYMS, REGIONS as _REGIONS
+from forgrepro.metrics.mmtt import (SPICE_NOTE, _caption_to_multilabel,
                                     binarize_gt_mask, caption_metrics, load_gt_mask, mask_metrics,
                                     official_mask_metrics, plm, region_f1, resize_mask_nearest,
                                     summarize_mask_metrics, training_mask_metrics)

@@ -25,13 +25,14 @@ from .batch import DGM4Batch
 from .io import (DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, LoadedImage, Skipped, iter_records,
                                load_image, to_normalized_tensor)
 from .text import pre_caption, tokenize, tokenize_with_word_labels
+from .faces import FaceDetector, crop_faces, select_faces
 
 # %% auto #0
-__all__ = ['FAKE_CLS', 'MULTI_LABEL_CLASSES', 'IMAGE_MANIPULATIONS', 'TEXT_MANIPULATIONS', 'Box', 'AugName', 'FaceDetector',
-           'multi_label', 'is_fake', 'has_image_manipulation', 'has_text_manipulation', 'DGM4Record',
-           'parse_dgm4_record', 'read_dgm4', 'dgm4_data_root', 'find_dgm4_split', 'dgm4_image_candidates',
-           'resolve_dgm4_image', 'fit_box', 'boxes_to_cxcywh', 'RandomAugment', 'AuxTexts', 'DGM4Sample', 'DGM4Dataset',
-           'DGM4Collator', 'dgm4_statistics']
+__all__ = ['FAKE_CLS', 'MULTI_LABEL_CLASSES', 'IMAGE_MANIPULATIONS', 'TEXT_MANIPULATIONS', 'Box', 'AugName', 'multi_label',
+           'is_fake', 'has_image_manipulation', 'has_text_manipulation', 'DGM4Record', 'parse_dgm4_record', 'read_dgm4',
+           'dgm4_data_root', 'find_dgm4_split', 'dgm4_image_candidates', 'resolve_dgm4_image', 'fit_box',
+           'boxes_to_cxcywh', 'RandomAugment', 'AuxTexts', 'DGM4Sample', 'DGM4Dataset', 'DGM4Collator',
+           'dgm4_statistics']
 
 # %% ../../nbs/04_data.dgm4.ipynb #ebec9e79
 FAKE_CLS: tuple[str, ...] = ("orig", "face_swap", "face_attribute", "text_swap", "text_attribute",
@@ -409,7 +410,6 @@ class DGM4Sample:
     aux_caption: str | None = None
     aux_explanation: str | None = None
 
-FaceDetector = Callable[[Image.Image], Sequence[Sequence[float]]]
 
 class DGM4Dataset(Dataset):
     "DGM4 split as HAMMER/ASAP read it; items are `DGM4Sample` (or `Skipped` in skip-and-report mode)."
@@ -508,16 +508,13 @@ class DGM4Dataset(Dataset):
         if len(boxes) == 0:  # our documented fallback (no official face pipeline exists for DGM4)
             boxes = np.array([[0.0, 0.0, W, H]])
             issues.repair("no_face", rec.source, rec.where, "no face box (mtcnn_boxes/detector); used the whole image")
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        boxes = boxes[np.argsort(-area, kind="stable")][: self.max_faces]
-        S, F = self.face_size, self.max_faces
+        chosen = np.asarray(select_faces(boxes.tolist(), self.max_faces))          # largest first, (F', 4) stored pixels
+        S, F, n = self.face_size, self.max_faces, len(chosen)
         faces, fmask, fboxes = torch.zeros(F, 3, S, S), torch.zeros(F, dtype=torch.bool), torch.zeros(F, 4)
-        for k, (x1, y1, x2, y2) in enumerate(boxes):  # at most max_faces crops: integer crop, then bicubic resize
-            l, t = int(round(x1 * sx)), int(round(y1 * sy))
-            crop = li.image.crop((l, t, max(int(round(x2 * sx)), l + 1), max(int(round(y2 * sy)), t + 1))).resize((S, S), Image.BICUBIC)
-            if flip: crop, (x1, x2) = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (W - x2, W - x1)
-            faces[k], fmask[k] = to_normalized_tensor(crop, IMAGENET_MEAN, IMAGENET_STD), True
-            fboxes[k] = torch.tensor([x1 / W, y1 / H, x2 / W, y2 / H])
+        crops = crop_faces(li.image, (chosen * np.array([sx, sy, sx, sy])).tolist(), S, normalize=True)
+        if flip: crops, chosen = crops.flip(-1), np.stack([W - chosen[:, 2], chosen[:, 1], W - chosen[:, 0], chosen[:, 3]], 1)
+        faces[:n], fmask[:n] = crops, True
+        fboxes[:n] = torch.as_tensor(chosen / np.array([W, H, W, H]), dtype=torch.float32)
         return faces, fmask, fboxes
 
 # %% ../../nbs/04_data.dgm4.ipynb #9047d873

@@ -14,10 +14,10 @@ from PIL import Image
 from torch import Tensor
 
 from ..core import IssueReport
+from .io import IMAGENET_MEAN, IMAGENET_STD
 
 # %% auto #0
-__all__ = ['Box', 'IMAGENET_MEAN', 'IMAGENET_STD', 'FaceDetector', 'MTCNNFaceDetector', 'HaarFaceDetector',
-           'detect_faces_or_whole', 'select_faces', 'crop_faces']
+__all__ = ['Box', 'FaceDetector', 'MTCNNFaceDetector', 'HaarFaceDetector', 'detect_faces_or_whole', 'select_faces', 'crop_faces']
 
 # %% ../../nbs/06_data.faces.ipynb #6b18cb95
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the image it was found in
@@ -115,9 +115,6 @@ def detect_faces_or_whole(image: Image.Image,  # PIL image
     return [(0.0, 0.0, float(width), float(height))]
 
 # %% ../../nbs/06_data.faces.ipynb #d2f599d2
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
 def select_faces(boxes: Sequence[Box],  # xyxy pixel boxes
                  max_faces: int | None = None,  # keep at most this many (None: all)
                 ) -> list[Box]:

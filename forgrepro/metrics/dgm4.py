@@ -15,35 +15,24 @@ from scipy.optimize import brentq
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import Tensor
 
+from ..boxes import cxcywh_to_xyxy
 from ..data.batch import DGM4Batch
+from ..data.dgm4 import FAKE_CLS, multi_label
 
 # %% auto #0
-__all__ = ['MULTILABEL_CLASSES', 'DGM4_FAKE_CLS', 'OFFICIAL_METRICS', 'fake_cls_multi_hot', 'binary_metrics', 'average_precision',
-           'multilabel_metrics', 'box_cxcywh_to_xyxy', 'grounding_iou', 'iou_metrics', 'token_confusion',
-           'token_metrics_from_counts', 'token_metrics', 'DGM4EvalData', 'collect_dgm4', 'dgm4_metrics',
-           'dgm4_breakdown', 'DGM4MetricAccumulator']
+__all__ = ['MULTILABEL_CLASSES', 'OFFICIAL_METRICS', 'fake_cls_multi_hot', 'binary_metrics', 'average_precision',
+           'multilabel_metrics', 'grounding_iou', 'iou_metrics', 'token_confusion', 'token_metrics_from_counts',
+           'token_metrics', 'DGM4EvalData', 'collect_dgm4', 'dgm4_metrics', 'dgm4_breakdown', 'DGM4MetricAccumulator']
 
 # %% ../../nbs/31_metrics.dgm4.ipynb #7e5a424c
 MULTILABEL_CLASSES: tuple[str, ...] = ("FS", "FA", "TS", "TA")  # HAMMER tools/multilabel_metrics.py::get_multi_label order
 
-# The nine `fake_cls` strings of DGM4 metadata (dgm4_hammer.md §1.2). `forgrepro.data.dgm4.FAKE_CLS` is written
-# in parallel; wherever `fake_cls` indices are used, pass its order as `names=`.
-DGM4_FAKE_CLS: tuple[str, ...] = (
-    "orig", "face_swap", "face_attribute", "text_swap", "text_attribute", "face_swap&text_swap",
-    "face_swap&text_attribute", "face_attribute&text_swap", "face_attribute&text_attribute")
-
-_PART_TO_COLUMN = {"face_swap": 0, "face_attribute": 1, "text_swap": 2, "text_attribute": 3}
-
-def fake_cls_multi_hot(names: Sequence[str] = DGM4_FAKE_CLS,  # fake_cls strings
+def fake_cls_multi_hot(names: Sequence[str] = FAKE_CLS,  # fake_cls strings
                       ) -> Tensor:
     "Multi-hot [FS, FA, TS, TA] row of each `fake_cls` string, (C, 4) long (`get_multi_label`, OR over '&' parts)."
-    out = torch.zeros(len(names), 4, dtype=torch.long)
-    for i, name in enumerate(names):
-        if name == "orig": continue
-        for part in name.split("&"):
-            if part not in _PART_TO_COLUMN: raise ValueError(f"unknown DGM4 fake_cls {name!r}")
-            out[i, _PART_TO_COLUMN[part]] = 1
-    return out
+    unknown = [n for n in names if n not in FAKE_CLS]
+    if unknown: raise ValueError(f"unknown DGM4 fake_cls {unknown[0]!r}")
+    return torch.tensor([multi_label(n) for n in names], dtype=torch.long).reshape(len(names), 4)
 
 # %% ../../nbs/31_metrics.dgm4.ipynb #fd54354d
 def _tensor(x) -> Tensor:
@@ -136,12 +125,6 @@ def multilabel_metrics(logits: Tensor | np.ndarray,  # (N, 4) raw multi-label lo
     return out
 
 # %% ../../nbs/31_metrics.dgm4.ipynb #021eecee
-def box_cxcywh_to_xyxy(boxes: Tensor,  # (..., 4) cx, cy, w, h
-                      ) -> Tensor:
-    "(..., 4) x1, y1, x2, y2 (DETR/HAMMER `box_ops.box_cxcywh_to_xyxy`)."
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
-
 def grounding_iou(pred_boxes: Tensor | np.ndarray,  # (N, 4) predicted cxcywh in [0, 1] (sigmoid output)
                   gt_boxes: Tensor | np.ndarray,  # (N, 4) GT cxcywh, all zeros when no face is manipulated
                  ) -> Tensor:
@@ -150,7 +133,7 @@ def grounding_iou(pred_boxes: Tensor | np.ndarray,  # (N, 4) predicted cxcywh in
     p, g = _finite_scores(pred_boxes, "pred_boxes", dtype), _finite_scores(gt_boxes, "gt_boxes", dtype)
     if p.dim() != 2 or p.shape[1] != 4 or p.shape != g.shape:
         raise ValueError(f"pred_boxes {tuple(p.shape)} and gt_boxes {tuple(g.shape)} must both be (N, 4) cxcywh")
-    p, g = box_cxcywh_to_xyxy(p), box_cxcywh_to_xyxy(g.to(p.device))
+    p, g = cxcywh_to_xyxy(p), cxcywh_to_xyxy(g.to(p.device))
     area_p = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])
     area_g = (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
     wh = (torch.minimum(p[:, 2:], g[:, 2:]) - torch.maximum(p[:, :2], g[:, :2])).clamp(min=0)
@@ -276,7 +259,7 @@ def _fake_cls_index(multi_label: Tensor, names: Sequence[str]) -> Tensor:
 
 def dgm4_breakdown(data: DGM4EvalData,  # per-sample record
                    fake_cls: Tensor | Sequence[str] | None = None,  # (N,) per-sample class (indices into `names` or strings), to cross-check
-                   names: Sequence[str] = DGM4_FAKE_CLS,  # class names, in the order `fake_cls` indices refer to
+                   names: Sequence[str] = FAKE_CLS,  # class names, in the order `fake_cls` indices refer to
                    scale: float = 100.0,  # 100 reports percentages
                   ) -> dict[str, dict[str, float]]:
     "`dgm4_metrics` on the all / image / text / joint subsets and per fake_cls (orig + that class), each with its size N."

@@ -5,7 +5,6 @@
 # %% ../../nbs/32_metrics.mmtt.ipynb #39123dc5
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import Hashable, Mapping, Sequence
@@ -14,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from ..data.mmtt import REGIONS, caption_to_multilabel
 
 # %% auto #0
 __all__ = ['SPICE_NOTE', 'CAPTION_METRICS', 'caption_metrics', 'mask_metrics', 'summarize_mask_metrics', 'resize_mask_nearest',
@@ -174,34 +175,16 @@ def training_mask_metrics(pred: Tensor,  # (B, H, W) or (B, 1, H, W) predicted p
             "precision": float((tp / (tp + fp + 1e-8)).mean()), "recall": float((tp / (tp + fn + 1e-8)).mean())}
 
 # %% ../../nbs/32_metrics.mmtt.ipynb #2085687d
-_REGION_SYNONYMS: dict[str, tuple[str, ...]] = {   # to_mutilabel.py::facial_features, in labels_order
-    "eye": ("eye", "eyes", "ocular", "optic", "vision"), "pupil": ("pupil", "pupils"),
-    "lip": ("lip", "lips", "labium", "labia"), "mouth": ("mouth", "mouths", "oral cavity", "buccal"),
-    "nose": ("nose", "noses", "nasal", "nostril", "nostrils"), "ear": ("ear", "ears", "auricle", "pinna", "pinnae"),
-    "cheek": ("cheek", "cheeks", "buccal", "malar"), "forehead": ("forehead", "frontal", "brow", "brows"),
-    "chin": ("chin", "chins", "mentum"), "jaw": ("jaw", "jaws", "mandible", "maxilla"),
-    "eyebrow": ("eyebrow", "eyebrows"), "tooth": ("tooth", "teeth", "dentition"),
-    "tongue": ("tongue", "tongues", "glossa", "lingua"), "beard": ("beard", "beards", "facial hair"),
-    "mustache": ("mustache", "mustaches", "moustache", "moustaches"), "skin": ("skin", "derma", "epidermis", "cutis"),
-    "hair": ("hair", "hairs", "locks", "tresses", "strands"),
-    "wrinkle": ("wrinkle", "wrinkles", "line", "lines", "crease", "creases"),
-    "freckle": ("freckle", "freckles", "lentigo", "lentigines"), "scar": ("scar", "scars", "cicatrix", "cicatrices"),
-    "dimple": ("dimple", "dimples", "fossa", "fossae")}
-_REGIONS: tuple[str, ...] = tuple(_REGION_SYNONYMS)
-_REGION_PATTERNS = tuple(re.compile(r"\b(?:" + "|".join(map(re.escape, syns)) + r")\b", re.IGNORECASE)
-                         for syns in _REGION_SYNONYMS.values())
-
 def _caption_to_multilabel(captions: Sequence[str]) -> Tensor:
-    "(N, 21) long region vector of each caption (to_mutilabel.py regex, any synonym as a whole word)."
-    return torch.tensor([[int(p.search(c) is not None) for p in _REGION_PATTERNS] for c in captions],
-                        dtype=torch.long).reshape(len(captions), len(_REGIONS))
+    "(N, 21) long region vector of each caption (`forgrepro.data.mmtt.caption_to_multilabel`, the official regex)."
+    return torch.tensor([caption_to_multilabel(c) for c in captions], dtype=torch.long).reshape(len(captions), len(REGIONS))
 
 def _regions(x, name: str, keys: Sequence | None = None) -> Tensor:
     "(N, 21) bool region vectors from captions (sequence or id→caption mapping) or from a multi-hot array."
     if isinstance(x, Mapping): x = [x[k] for k in keys] if keys is not None else list(x.values())
     if isinstance(x, (list, tuple)) and (not x or isinstance(x[0], str)): return _caption_to_multilabel(x).bool()
     t = x.detach().cpu() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
-    if t.dim() != 2 or t.shape[1] != len(_REGIONS): raise ValueError(f"{name} must be (N, 21) region vectors or captions")
+    if t.dim() != 2 or t.shape[1] != len(REGIONS): raise ValueError(f"{name} must be (N, 21) region vectors or captions")
     if t.dtype != torch.bool and t.numel() and not bool(((t == 0) | (t == 1)).all()):
         raise ValueError(f"{name} must be 0/1 (threshold probabilities first, e.g. region_f1(..., threshold=0.5))")
     return t != 0
@@ -242,5 +225,5 @@ def region_f1(pred: Tensor | np.ndarray | Sequence[str],  # (N, 21) predicted re
     nanmean = lambda v: float(v[~v.isnan()].mean()) if (~v.isnan()).any() else float("nan")
     out = {"micro_P": micro_p, "micro_R": micro_r, "micro_F1": div(2 * micro_p * micro_r, micro_p + micro_r),
            "macro_P": nanmean(per_p), "macro_R": nanmean(per_r), "macro_F1": nanmean(per_f)}
-    out |= {f"F1_{n}": float(f) for n, f in zip(_REGIONS, per_f)}
+    out |= {f"F1_{n}": float(f) for n, f in zip(REGIONS, per_f)}
     return {k: v * scale for k, v in out.items()}
