@@ -404,6 +404,18 @@ def test_mgca_gradient_reaches_only_through_the_last_cross_attention_scores():
     assert model.itm_head[0].weight.grad is None or model.itm_head[0].weight.grad.abs().sum() == 0
 
 
+@pytest.mark.parametrize("mode", ["loss", "bias", "both"])
+def test_bf16_autocast_training_step(mode):
+    cfg = asap_config("tiny", overrides={"mgca_mode": mode})
+    model, batch = _model(cfg).train(), random_asap_batch(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+        lo = asap_loss(out, batch, P1, cfg)
+    assert lo.total.dtype == torch.float32 and torch.isfinite(lo.total)
+    lo.total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_overfit_one_batch():
     model, batch = _model().train(), random_asap_batch(4)
     opt = torch.optim.AdamW(lr_img_param_groups(model, TINY.optim))
@@ -474,6 +486,16 @@ def test_albef_like_checkpoint_syncs_teacher_and_skips_mismatches(tmp_path):
                                       "bbox_head.0.weight": torch.zeros(1), "queue_ptr": torch.zeros(1)})
     assert set(names) == {"token_head_m.classifier.0.weight", "localizer.bbox_head.0.weight", "image_queue.ptr",
                           "text_queue.ptr", "caption_queue.ptr", "explanation_queue.ptr"}
+
+
+def test_hammer_checkpoint_names_map_onto_the_hammer_localizer():
+    official = {"it_cross_attn.in_proj_weight": torch.zeros(3), "it_cross_attn.out_proj.bias": torch.zeros(1),
+                "aggregator.in_proj_weight": torch.zeros(2)}
+    assert set(asap_state_from_official(official, "hammer")) == {
+        "localizer.it_cross_attn.attn.in_proj_weight", "localizer.it_cross_attn.attn.out_proj.bias",
+        "localizer.aggregator.in_proj_weight"}
+    names = dict(_model(asap_config("tiny", "hammer_arch")).named_parameters())
+    assert all(k in names for k in asap_state_from_official(official, "hammer"))
 
 
 def test_pos_embed_is_interpolated(tmp_path):
