@@ -363,5 +363,6 @@ def convert_torch_checkpoint_to_safetensors(src: str | os.PathLike,  # a torch.s
     if dropped: warnings.warn(f"{src}: dropped {len(dropped)} non-tensor entries: {_few(dropped, 5)}")
     if not tensors: raise CheckpointError(f"{src}: no tensors found")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    _save_tensors(dst, tensors, {"source": src.name, "key": str(key)})
+    # the original key order is kept in the metadata (safetensors stores tensors sorted), for order-based key maps
+    _save_tensors(dst, tensors, {"source": src.name, "key": str(key), "key_order": json.dumps(list(tensors))})
     return dst

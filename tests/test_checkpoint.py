@@ -132,8 +132,8 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
 
 
 def test_torch_load_appears_only_in_the_explicit_converter():
-    for module in ("checkpoint", "train", "evaluate"):
-        src = (ROOT / "forgrepro" / f"{module}.py").read_text()
+    for path in sorted((ROOT / "forgrepro").rglob("*.py")):
+        module, src = path.relative_to(ROOT).as_posix(), path.read_text()
         for m in re.finditer(r"torch\.load\(|pickle\.load", src):
             enclosing = src[:m.start()].rsplit("\ndef ", 1)[-1].split("(", 1)[0]
             assert enclosing == "convert_torch_checkpoint_to_safetensors", (module, enclosing)

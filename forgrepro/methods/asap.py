@@ -5,14 +5,12 @@
 # %% ../../nbs/22_methods.asap.ipynb #875d359b
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..boxes import box_patch_mask, patch_labels_with_ring
@@ -21,18 +19,19 @@ from ..data.batch import DGM4Batch, TextInput
 from ..losses import PairSims, pair_contrastive
 from .dgm4 import alpha_at, lr_img_param_groups
 from .hammer import (HAMMER_PRESETS, Hammer, HammerConfig, HammerLossWeights, HammerOutput,
-                                      hammer_loss, random_dgm4_batch)
+                                      hammer_loss, random_dgm4_batch, expects_pretrained, load_official_weights,
+                                     official_state_dict)
 from ..models.contrastive import FeatureQueue, momentum_update
 from ..models.heads import Localizer, TokenHead, init_trunc_normal, mlp_head
 from ..models.text import TextEncoder
-from ..models.vision import ViTEncoder, interpolate_pos_embed, load_state_into
+from ..models.vision import ViTEncoder
 from ..task import LossOutput, Progress
 
 # %% auto #0
-__all__ = ['MGCA_MODES', 'PMM_NEGATIVES', 'ASAP_PRESETS', 'ASAP_ABLATIONS', 'AsapLossWeights', 'AsapConfig', 'asap_config',
-           'mgca_guidance', 'pmm_labels', 'encode_texts', 'AsapOutput', 'Asap', 'build_asap', 'random_asap_batch',
-           'mgca_loss', 'pmm_loss', 'lma_losses', 'asap_loss', 'asap_state_from_official', 'load_asap_pretrained',
-           'expects_pretrained', 'AsapTask']
+__all__ = ['MGCA_MODES', 'PMM_NEGATIVES', 'ASAP_PRESETS', 'ASAP_ABLATIONS', 'asap_state_from_official', 'AsapLossWeights',
+           'AsapConfig', 'asap_config', 'mgca_guidance', 'pmm_labels', 'encode_texts', 'AsapOutput', 'Asap',
+           'build_asap', 'random_asap_batch', 'mgca_loss', 'pmm_loss', 'lma_losses', 'asap_loss',
+           'load_asap_pretrained', 'AsapTask']
 
 # %% ../../nbs/22_methods.asap.ipynb #f28ce254
 MGCA_MODES = ("loss", "bias", "both")
@@ -381,76 +380,21 @@ def _need(x, name: str, flag: str):
     return x
 
 # %% ../../nbs/22_methods.asap.ipynb #dbd3b203
-_LOCAL = ("it_cross_attn.", "norm_layer_it_cross_atten.", "norm_layer_aggr.", "cls_token_local", "aggregator.", "bbox_head.")
-_QUEUES = {"image_queue": "image_queue", "text_queue": "text_queue", "cap_queue": "caption_queue",
-           "prom_queue": "explanation_queue"}
-
-def asap_state_from_official(state: Mapping[str, Tensor],  # official keys (optionally 'module.'-prefixed)
-                             localizer_variant: str = "asap",  # 'hammer': HAMMER's single-MHA `it_cross_attn`
-                            ) -> dict[str, Tensor]:
-    "Rename an official ALBEF / HAMMER / ASAP state dict to `Asap`'s parameter names (pure, no loading)."
-    out: dict[str, Tensor] = {}
-    for k, v in state.items():
-        k = k.removeprefix("module.")                                      # DDP
-        for m in ("", "_m"):
-            enc = f"text_encoder{m}."
-            if k.startswith(enc + "bert."):
-                rest = k[len(enc + "bert."):]
-                if rest.startswith("pooler.") or rest == "embeddings.position_ids": k = None
-                else: k = enc + rest
-                break
-            if k.startswith(enc + "classifier."): k = f"token_head{m}.classifier." + k[len(enc + "classifier."):]; break
-            if k.startswith(enc + "cls."): k = None; break                 # ALBEF's MLM head
-        if k is None: continue
-        if k.startswith(_LOCAL):
-            if localizer_variant == "hammer" and k.startswith("it_cross_attn."):   # HAMMER: it_cross_attn = nn.MHA
-                k = "it_cross_attn.attn." + k[len("it_cross_attn."):]
-            k = "localizer." + k
-        elif k in _QUEUES: k = f"{_QUEUES[k]}.queue"
-        elif k == "queue_ptr":
-            for q in _QUEUES.values(): out[f"{q}.ptr"] = v
-            continue
-        out[k] = v
-    return out
-
-def _read_checkpoint(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors": return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)          # restricted unpickler: tensors/containers only
-    obj = obj.get("model", obj) if isinstance(obj, dict) else obj
-    if not isinstance(obj, dict): raise ValueError(f"{path}: expected a state dict (or {{'model': state_dict}})")
-    return obj
+asap_state_from_official = official_state_dict  # same official names (ALBEF/HAMMER/ASAP)
 
 def load_asap_pretrained(model: Asap,
-                         path: str | Path,  # .safetensors (or .pth) with official ALBEF/HAMMER/ASAP key names
+                         path: str | Path,  # .safetensors with official ALBEF/HAMMER/ASAP key names
                          strict: bool = False,  # raise on missing/unexpected keys
                         ) -> Asap:
-    "Load an official-format checkpoint into `model` (renamed, pos-embed interpolated, shape-checked, teacher synced)."
-    path = Path(path)
-    state = asap_state_from_official(_read_checkpoint(path), model.cfg.localizer_variant)
-    for k in ("visual_encoder.pos_embed", "visual_encoder_m.pos_embed"):
-        if k in state: state[k] = interpolate_pos_embed(state[k], model.cfg.vision.num_patches)
-    own = model.state_dict()
-    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if bad: warnings.warn(f"ASAP from {path}: {len(bad)} tensors skipped for shape mismatch, e.g. "
-                          + ", ".join(f"{k} {tuple(state[k].shape)}->{tuple(own[k].shape)}" for k in bad[:4]))
-    state = {k: v for k, v in state.items() if k not in bad}
-    load_state_into(model, state, f"ASAP from {path}", strict)
-    with torch.no_grad():  # teacher of a pair absent from the file: start from the student (official copy_params)
-        for online, ema in model.momentum_pairs:
-            name = next(n for n, mod in model.named_children() if mod is ema)
-            if not any(k.startswith(name + ".") for k in state): ema.load_state_dict(online.state_dict())
-    return model
+    "Load an official-format checkpoint into an `Asap` (its local branch variant decides the localiser names)."
+    return load_official_weights(model, path, model.cfg.localizer_variant, strict)
 
 # %% ../../nbs/22_methods.asap.ipynb #b77315dd
-def expects_pretrained(cfg: AsapConfig) -> bool:
-    "True for the published encoder sizes (ViT-B/16 + BERT-base), which the official run initialises from ALBEF."
-    return cfg.vision.width == 768 and cfg.text.hidden_size == 768
-
 @dataclass
 class AsapTask:
     "ASAP for `forgrepro.train.fit`: build the model, the pure loss, AdamW groups, the DGM4 evaluator."
     cfg: AsapConfig = field(default_factory=AsapConfig)
-    checkpoint: str | None = None  # local ALBEF / HAMMER / ASAP checkpoint (.safetensors or .pth); env FORGREPRO_ALBEF
+    checkpoint: str | None = None  # local ALBEF / HAMMER / ASAP checkpoint (.safetensors); env FORGREPRO_ALBEF
     name: str = "asap"
 
     def build_model(self) -> Asap:
