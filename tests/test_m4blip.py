@@ -311,3 +311,21 @@ def test_overfits_one_batch(batch):
         out = model(batch)
     p = out.logits_bin.softmax(-1)[:, 1]
     assert p[batch.label == 1].min() > p[batch.label == 0].max()  # eval-mode P(fake) ranks every fake above every real
+
+
+# ---------------------------------------------------------------- benchmark
+
+def test_benchmark_smoke_and_cpu_skip(tmp_path):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_m4blip.py"
+    spec = importlib.util.spec_from_file_location("bench_m4blip", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    if not torch.cuda.is_available():
+        assert bench.main([]) == {"skipped": True}
+    res = bench.main(["--smoke", "--json", str(tmp_path / "bench.json")])
+    assert (tmp_path / "bench.json").exists()
+    assert res["step_samples_per_s"] > 0 and 0 < res["bound_matched"] <= res["bound_issue"]
+    assert set(res["block_samples_per_s"]) == {"vit_fwd", "effnet_train", "qformer_global", "qformer_local",
+                                                "qformer_text", "llm_fwd", "llm_fwd_bwd_input"}
