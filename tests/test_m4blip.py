@@ -167,6 +167,8 @@ def test_sampler_groups_ids():
 
 
 def test_task_sampler_follows_config():
+    from forgrepro.task import Task
+    assert isinstance(M4BlipTask(), Task) and M4BlipTask.name == "m4blip"
     assert M4BlipTask(m4blip_config("tiny")).batch_sampler([1, 1, 2], 2) is not None
     assert M4BlipTask(m4blip_config("tiny", overrides={"group_by_id": False})).batch_sampler([1, 1, 2], 2) is None
 
