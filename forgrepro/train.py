@@ -175,12 +175,19 @@ class EpochBatchSampler(Sampler):
                  rank: int = 0,  # this process
                  num_batches: int | None = None,  # micro-batches per epoch (default ⌊N / (batch_size · num_replicas)⌋)
                  shuffle: bool = True,  # False: dataset order (debugging)
+                 groups: Sequence | None = None,  # group key per sample: members of a group are kept adjacent (M4-BLIP's FCA pairs)
                 ):
         full = dataset_size // (batch_size * num_replicas)
         if num_batches is None: num_batches = full
         if not 0 <= num_batches <= full: raise ValueError(f"num_batches={num_batches} exceeds the {full} full batches of {dataset_size} samples")
         self.n, self.batch_size, self.seed, self.world, self.rank = dataset_size, batch_size, seed, num_replicas, rank
         self.num_batches, self.shuffle, self.epoch, self.start = num_batches, shuffle, 0, 0
+        self.members = None
+        if groups is not None:
+            if len(groups) != dataset_size: raise ValueError(f"{len(groups)} group keys for {dataset_size} samples")
+            index: dict = {}
+            for i, g in enumerate(groups): index.setdefault(g, []).append(i)
+            self.members = [torch.tensor(v) for v in index.values()]
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         "Iterate epoch `epoch` from its micro-batch `start`."
@@ -189,7 +196,10 @@ class EpochBatchSampler(Sampler):
     def order(self) -> Tensor:
         "Sample order of the current epoch: (N,) long."
         if not self.shuffle: return torch.arange(self.n)
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch)))
+        perm = torch.randperm(self.n if self.members is None else len(self.members),
+                              generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch)))
+        if self.members is None: return perm
+        return torch.cat([self.members[g] for g in perm.tolist()])  # groups shuffled, members adjacent
 
     def __iter__(self):
         perm, gb = self.order(), self.batch_size * self.world
@@ -399,8 +409,9 @@ def fit(task: Task,  # the method: build_model, loss, param_groups, evaluator
     val_loader = val_loader_fn() if val_loader_fn is not None else None
     if val_loader is not None and world > 1: val_loader = acc.prepare_data_loader(val_loader)
     evaluator = task.evaluator() if val_loader is not None else None
+    groups = task.sample_groups(dataset) if hasattr(task, "sample_groups") else None  # e.g. M4-BLIP: one news id together
     sampler = EpochBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed, num_replicas=world, rank=rank,
-                                num_batches=spe * cfg.grad_accum)
+                                num_batches=spe * cfg.grad_accum, groups=groups)
     loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
                         worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(cfg.seed),
                         pin_memory=acc.device.type == "cuda", persistent_workers=cfg.num_workers > 0)

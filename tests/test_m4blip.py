@@ -331,3 +331,16 @@ def test_benchmark_smoke_and_cpu_skip(tmp_path):
     assert res["step_samples_per_s"] > 0 and 0 < res["bound_matched"] <= res["bound_issue"]
     assert set(res["block_samples_per_s"]) == {"vit_fwd", "effnet_train", "qformer_global", "qformer_local",
                                                 "qformer_text", "llm_fwd", "llm_fwd_bwd_input"}
+
+
+def test_fit_keeps_news_groups_together():
+    "fit's sampler receives M4-BLIP's news ids, so an original and its manipulations share a batch."
+    from types import SimpleNamespace
+    from forgrepro.train import EpochBatchSampler
+    ds = SimpleNamespace(records=[SimpleNamespace(id=i // 3) for i in range(24)])
+    groups = M4BlipTask(m4blip_config("tiny")).sample_groups(ds)
+    assert groups == [i // 3 for i in range(24)]
+    assert M4BlipTask(m4blip_config("tiny", overrides={"group_by_id": False})).sample_groups(ds) is None
+    for key in EpochBatchSampler(24, 6, seed=1, groups=groups):
+        ids = [groups[i] for i in key.indices]
+        assert all(ids.count(g) == 3 for g in set(ids))   # whole groups only (3 divides 6)

@@ -564,6 +564,11 @@ class M4BlipTask:
         from forgrepro.methods.dgm4 import DGM4Evaluator   # lands with the DGM4 metrics
         return DGM4Evaluator()
 
+    def sample_groups(self, dataset) -> list | None:
+        "News id per training record, so `forgrepro.train.fit` keeps an original and its manipulations in one batch."
+        if not self.cfg.group_by_id or not hasattr(dataset, "records"): return None
+        return [r.id for r in dataset.records]
+
     def batch_sampler(self, ids: Sequence, batch_size: int, seed: int = 0, drop_last: bool = False,
                       num_replicas: int = 1, rank: int = 0) -> GroupedIdBatchSampler | None:
         "Training batch sampler (None: the loop's default shuffling)."
