@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""ASAP training throughput (samples/s) at paper scale vs the plain blocks it is made of.
+"""ASAP (or HAMMER, `--method hammer`) training throughput (samples/s) at paper scale vs the plain blocks it is made of.
 
 On a CUDA GPU this builds ASAP at paper scale (ALBEF ViT-B/16 at 256 px, BERT-base with fusion from layer 6,
 65536-entry queues, every module on) and times full training steps: forward, `asap_loss`, backward and a fused
@@ -15,6 +15,8 @@ The bound is B / (sum of block times). The gap to it is what ASAP adds around th
 (twice), the heads, MGCA's explicit score path in the last fusion layer, similarities against the queues, the
 momentum EMA and the optimiser step. The HF fusion layers need `is_decoder=True` to cross-attend, so their
 self-attention is causal (same FLOPs with dense kernels; a slightly optimistic bound).
+
+With `--method hammer` the same is done for HAMMER (one text per sample: text layers over B, fusion over B).
 
 Without a GPU the script says so and exits 0; `--device cpu --preset tiny` smoke-tests it on a CPU.
 
@@ -39,6 +41,7 @@ if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 
 from forgrepro.core import env_record, save_json, seed_everything  # noqa: E402
 from forgrepro.data.batch import DGM4Batch  # noqa: E402
+from forgrepro.methods.hammer import HAMMER_PRESETS, hammer_loss, hammer_task, random_dgm4_batch  # noqa: E402
 from forgrepro.methods.asap import ASAP_ABLATIONS, AsapConfig, AsapTask, asap_config, asap_loss, build_asap, random_asap_batch  # noqa: E402
 from forgrepro.models.text import TextEncoder  # noqa: E402
 from forgrepro.models.vision import ViTEncoder  # noqa: E402
@@ -65,13 +68,14 @@ def autocast(device: torch.device, bf16: bool):
 
 def asap_step_time(cfg: AsapConfig, batch: DGM4Batch, args, device: torch.device) -> float:
     "Seconds per full ASAP training step (forward + loss + backward + AdamW)."
-    model = build_asap(cfg).to(device).train()
-    opt = torch.optim.AdamW(AsapTask(cfg).param_groups(model), fused=device.type == "cuda")
+    task = AsapTask(cfg) if args.method == "asap" else hammer_task(cfg)
+    model = task.build_model().to(device).train()
+    opt = torch.optim.AdamW(task.param_groups(model), fused=device.type == "cuda")
     progress = Progress(epoch=1, step=0, steps_per_epoch=1000)
 
     def step():
         with autocast(device, args.bf16):
-            loss = asap_loss(model(batch), batch, progress, cfg).total
+            loss = task.loss(model(batch), batch, progress).total
         loss.backward()
         opt.step(); opt.zero_grad(set_to_none=True)
 
@@ -85,15 +89,18 @@ def block_times(vit: torch.nn.Module, run_vit: Callable, text: torch.nn.Module, 
                 device: torch.device) -> dict[str, float]:
     "Seconds per call of each unavoidable block (see the module docstring), with a generic calling convention."
     B, width = batch.image.shape[0], cfg.text.hidden_size
-    texts = [(batch.input_ids, batch.attention_mask), (batch.aux_caption.input_ids, batch.aux_caption.attention_mask),
-             (batch.aux_explanation.input_ids, batch.aux_explanation.attention_mask)]
+    texts = [(batch.input_ids, batch.attention_mask)]
+    if args.method == "asap":   # news text, caption and explanation; fusion over news + explanation (IED)
+        texts += [(batch.aux_caption.input_ids, batch.aux_caption.attention_mask),
+                  (batch.aux_explanation.input_ids, batch.aux_explanation.attention_mask)]
+    nt, nf = len(texts), 2 if args.method == "asap" else 1
     L = max(i.shape[1] for i, _ in texts)
     pad = lambda x: torch.nn.functional.pad(x, (0, L - x.shape[1]))
     ids3, mask3 = torch.cat([pad(i) for i, _ in texts]), torch.cat([pad(m) for _, m in texts])   # (3B, L)
     n_img = cfg.vision.num_patches + 1
-    img2 = torch.randn(2 * B, n_img, cfg.vision.width, device=device, requires_grad=True)
-    emb2 = torch.randn(2 * B, L, width, device=device, requires_grad=True)
-    mask2 = mask3[: 2 * B]
+    img2 = torch.randn(nf * B, n_img, cfg.vision.width, device=device, requires_grad=True)
+    emb2 = torch.randn(nf * B, L, width, device=device, requires_grad=True)
+    mask2 = mask3[: nf * B] if nf <= nt else mask3.repeat(nf, 1)
     vit.to(device).train(); text.to(device).train(); fusion.to(device).train()
 
     def vit_fb():
@@ -115,7 +122,7 @@ def block_times(vit: torch.nn.Module, run_vit: Callable, text: torch.nn.Module, 
             run_fusion(fusion, emb2[:B], mask2[:B], img2[:B])
 
     out = {name: seconds_per_call(fn, args.steps, args.warmup, device)
-           for name, fn in [("vit_fwd_bwd", vit_fb), ("text_fwd_bwd_3B", text_fb), ("fusion_fwd_bwd_2B", fusion_fb),
+           for name, fn in [("vit_fwd_bwd", vit_fb), (f"text_fwd_bwd_{nt}B", text_fb), (f"fusion_fwd_bwd_{nf}B", fusion_fb),
                             ("momentum_fwd", momentum_f)]}
     for m in (vit, text, fusion): m.zero_grad(set_to_none=True)
     return out
@@ -152,6 +159,7 @@ def own_blocks(cfg: AsapConfig):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", default="asap", choices=["asap", "hammer"])
     p.add_argument("--preset", default="paper", choices=["paper", "tiny"])
     p.add_argument("--ablation", default="full", choices=sorted(ASAP_ABLATIONS))
     p.add_argument("--device", default="cuda")
@@ -175,11 +183,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(device)
     seed_everything(0)
-    cfg = asap_config(args.preset, args.ablation)
-    batch = random_asap_batch(args.batch, args.seq, cfg.vision.image_size, cfg.text.vocab_size,
-                              aux_len=(args.aux_seq, args.aux_seq)).to(device)
+    if args.method == "asap":
+        cfg = asap_config(args.preset, args.ablation)
+        batch = random_asap_batch(args.batch, args.seq, cfg.vision.image_size, cfg.text.vocab_size,
+                                  aux_len=(args.aux_seq, args.aux_seq)).to(device)
+    else:
+        cfg = HAMMER_PRESETS[args.preset]
+        batch = random_dgm4_batch(args.batch, args.seq, cfg.vision.image_size, cfg.text.vocab_size).to(device)
 
-    res = {"method": "asap", "preset": args.preset, "ablation": args.ablation, "batch": args.batch,
+    res = {"method": args.method, "preset": args.preset, "ablation": args.ablation, "batch": args.batch,
            "seq": args.seq, "aux_seq": args.aux_seq, "bf16": args.bf16, "steps": args.steps}
     t_step = asap_step_time(cfg, batch, args, device)
     res.update(asap_step_s=t_step, asap_samples_per_s=args.batch / t_step)
@@ -194,14 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             res[f"asap_over_bound_{name}"] = (args.batch / t_step) / (args.batch / total)
     res["env"] = env_record(device)
 
-    print(f"ASAP {args.preset}/{args.ablation} on {res['env'].get('cuda_device') or device}: batch {args.batch}, "
+    print(f"{args.method.upper()} {args.preset}/{args.ablation} on {res['env'].get('cuda_device') or device}: batch {args.batch}, "
           f"{'bf16' if args.bf16 else 'fp32'}")
     print(f"  full training step      {1e3 * t_step:9.1f} ms  {res['asap_samples_per_s']:9.1f} samples/s")
     for name in ("hf", "forgrepro"):
         if f"blocks_{name}" not in res: continue
         for k, v in res[f"blocks_{name}"].items(): print(f"  [{name:9s}] {k:20s} {1e3 * v:9.1f} ms")
         print(f"  [{name:9s}] bound {res[f'bound_{name}_samples_per_s']:9.1f} samples/s; "
-              f"ASAP reaches {100 * res[f'asap_over_bound_{name}']:.0f}% of it")
+              f"{args.method.upper()} reaches {100 * res[f'asap_over_bound_{name}']:.0f}% of it")
     print(json.dumps({k: v for k, v in res.items() if k != "env"}))
     if args.json: save_json(res, args.json)
     return 0
