@@ -279,7 +279,7 @@ def test_mmtt_evaluator_protocol(ltok, qtok):
     ev.update(out, batch); ev.update(out, batch)  # duplicates keep the first prediction
     m = ev.compute()
     assert m["agg_metrics"] == 60.0 and "SPICE" not in m and m["n_images"] == 3
-    assert 0 <= m["mask_iou"] <= 100 and "fpn_region_F1" in m and "PLM" in m
+    assert 0 <= m["mIoU"] <= 100 and "fpn_micro_F1" in m and "PLM" in m
 
 
 def test_mask_scores_nearest_resize_to_gt():
