@@ -203,7 +203,8 @@ def synth(args) -> int:
                        warmup_lr=0.0, warmup_steps=50, min_lr=0.0, log_every=50, seed=args.seed,
                        out_dir=str(out / "fpn"), eval_every=None)
     t0 = time.perf_counter()
-    res = fit(ft.FPNTask(fpn_cfg), lambda: ds("train", train=args.augment), lambda: _loader(ds("eval"), 64, False),
+    res = fit(ft.FPNTask(fpn_cfg), lambda: _loader(ds("train", train=args.augment), args.batch, True),
+              lambda: _loader(ds("eval"), 64, False),
               tcfg, resume=True)
     fpn_test = evaluate(res.model, ft.FPNTask(fpn_cfg).evaluator(), _loader(ds("test"), 64, False))
     results["fpn"] = {**fpn_test, "train_s": time.perf_counter() - t0}
@@ -220,7 +221,8 @@ def synth(args) -> int:
                            out_dir=str(out / f"stage2_{name}"), eval_every=None, max_eval_batches=args.val_batches)
         task = ft.ForgeryTalkerTask(cfg, llm_tokenizer=ltok, qformer_tokenizer=qtok)
         t0 = time.perf_counter()
-        res = fit(task, lambda: ds("train", train=args.augment), lambda: _loader(ds("eval"), 32, False), tcfg,
+        res = fit(task, lambda: _loader(ds("train", train=args.augment), args.batch, True),
+                  lambda: _loader(ds("eval"), 32, False), tcfg,
                   resume=True)
         m = evaluate(res.model, task.evaluator(), _loader(ds("test"), 32, False))
         results[name] = {**m, "train_s": time.perf_counter() - t0}

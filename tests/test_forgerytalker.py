@@ -20,7 +20,7 @@ from forgrepro.models.prompter import ForgeryPrompter, PrompterConfig, dice_loss
 from forgrepro.task import Progress
 
 torch.set_num_threads(1)
-S = 64  # tiny image side
+S = 128  # tiny image side
 
 CAPTION_TEMPLATES = ["The {r} looks blurred and unnatural.", "The {r} has a visible seam at its border.",
                      "The colour of the {r} does not match the rest of the face."]
