@@ -11,16 +11,16 @@ from safetensors.torch import save_file
 from forgrepro.data.batch import MMTTBatch
 from forgrepro.methods.forgerytalker import (
     ABLATIONS, REGIONS, DecoderOnlyExplainer, FPNRegions, FPNTask, ForgeryTalkerTask, GenerationSettings,
-    GroundTruthRegions, LLMConfig, MMTTEvaluator, NoRegions, PromptTokenizer, T5Explainer, TagGate, ablation_config,
+    ForgeryTalkerOutput, GroundTruthRegions, LLMConfig, MMTTEvaluator, NoRegions, PromptTokenizer, T5Explainer, TagGate, ablation_config,
     build_forgerytalker, build_llm, contrastive_loss, forgerytalker_loss, forgerytalker_paper, forgerytalker_tiny,
-    fpn_tiny, gate_loss, instruction_text, load_qformer_tokenizer, lm_loss, mask_scores, seg_loss,
+    fpn_tiny, gate_loss, instruction_text, load_qformer_tokenizer, lm_loss, seg_loss,
     train_explanation_tokenizer)
 from forgrepro.models.mask_decoder import MaskDecoderConfig, MLPMaskDecoder, RegionPromptEncoder, SamGridMaskDecoder
 from forgrepro.models.prompter import ForgeryPrompter, PrompterConfig, dice_loss, fpn_loss, weighted_bce
 from forgrepro.task import Progress
 
 torch.set_num_threads(1)
-S = 128  # tiny image side
+S = 64  # tiny image side
 
 CAPTION_TEMPLATES = ["The {r} looks blurred and unnatural.", "The {r} has a visible seam at its border.",
                      "The colour of the {r} does not match the rest of the face."]
@@ -220,7 +220,7 @@ def test_ablation_configs_build_and_run(name, ltok, qtok):
     out = model(batch)
     lo = forgerytalker_loss(out, batch, cfg.loss)
     assert torch.isfinite(lo.total)
-    expected = {"no_fpn_prompts": NoRegions, "gt_prompts": GroundTruthRegions, "pretrain": GroundTruthRegions,
+    expected = {"no_fpn": NoRegions, "gt_prompts": GroundTruthRegions, "pretrain": GroundTruthRegions,
                 "pretrain_equal_weights": GroundTruthRegions}.get(name, FPNRegions)
     assert isinstance(model.region_source, expected)
     assert (out.mask_logits is None) == (name == "no_mask_decoder")
@@ -230,7 +230,7 @@ def test_ablation_configs_build_and_run(name, ltok, qtok):
 def test_prompts_switch_changes_instructions(ltok, qtok):
     batch = make_batch(3)
     gt = build(ablation_config("tiny", "gt_prompts"), ltok, qtok)(batch).instructions
-    none = build(ablation_config("tiny", "no_fpn_prompts"), ltok, qtok)(batch).instructions
+    none = build(ablation_config("tiny", "no_fpn"), ltok, qtok)(batch).instructions
     assert none == [instruction_text([])] * 3
     assert gt == [instruction_text([r for r, v in zip(REGIONS, row) if v]) for row in batch.multilabel.bool().tolist()]
 
@@ -278,15 +278,19 @@ def test_mmtt_evaluator_protocol(ltok, qtok):
     with torch.no_grad(): out = model(batch)
     ev.update(out, batch); ev.update(out, batch)  # duplicates keep the first prediction
     m = ev.compute()
-    assert m["agg_metrics"] == 60.0 and "SPICE" not in m and m["n_images"] == 3
-    assert 0 <= m["mIoU"] <= 100 and "fpn_micro_F1" in m and "PLM" in m
+    assert m["agg_metrics"] == 60.0 and math.isnan(m["SPICE"]) and m["n_images"] == 3
+    assert 0 <= m["IoU"] <= 100 and "region_F1" in m and "fpn_PLM" in m and "PLM" in m
 
 
-def test_mask_scores_nearest_resize_to_gt():
-    pred = torch.zeros(1, 1, 2, 2, dtype=torch.bool); pred[..., 0, 0] = True
-    gt = torch.zeros(1, 1, 4, 4); gt[..., :2, :2] = 1
-    s = mask_scores(pred, gt)
-    assert s["iou"].item() == 1.0 and s["precision"].item() == 1.0 and s["recall"].item() == 1.0
+def test_mmtt_evaluator_mask_protocol(ltok, qtok):
+    """Mask scores follow forgrepro.metrics.mmtt: a perfect mask scores 100, an empty one on a non-empty GT 0."""
+    batch = make_batch(2)
+    regions = torch.zeros(2, 21, dtype=torch.bool)
+    for logits, iou in ((torch.where(batch.mask > 0.5, 9.0, -9.0), 100.0), (torch.full_like(batch.mask, -9.0), 0.0)):
+        ev = MMTTEvaluator(caption_metrics=lambda p, r: {"CIDEr": 1.0, "BLEU-4": 1.0})
+        ev.update(ForgeryTalkerOutput(regions=regions, mask_logits=logits, explanations=batch.captions), batch)
+        m = ev.compute()
+        assert m["IoU"] == iou and m["Recall"] == iou and m["PLM"] == 100.0
 
 
 def test_overfit_handful_of_samples(ltok, qtok):
@@ -310,3 +314,72 @@ def test_overfit_handful_of_samples(ltok, qtok):
                                  GenerationSettings(num_beams=1, max_len=30, min_len=1, repetition_penalty=1.0)).texts
     from forgrepro.methods.forgerytalker import pre_caption
     assert sum(t == pre_caption(c) for t, c in zip(texts, batch.captions)) >= 3, texts
+
+
+def test_benchmark_script_cpu_paths(capsys):
+    """The GPU benchmark skips cleanly without a GPU, and its code path runs end to end at tiny scale on the CPU."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_forgerytalker.py"
+    spec = importlib.util.spec_from_file_location("bench_forgerytalker", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    if not torch.cuda.is_available():
+        assert bench.main([]) == 0 and "SKIP" in capsys.readouterr().out
+    assert bench.main(["throughput", "--allow-cpu", "--scale", "tiny", "--batch", "2", "--steps", "1", "--warmup", "0",
+                       "--words", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "ForgeryTalker stage-2 training step" in out and "sum of the 4 plain blocks" in out
+    torch.set_num_threads(1)  # the benchmark may change the thread count
+
+
+def _write_mmtt(root, n=(8, 4, 4), S=64, seed=0):
+    "A minimal MMTT folder in the official layout: images, masks and `*-mutilabel.json` per split."
+    import json
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True)
+    k = 0
+    for split, count in zip(("train", "eval", "test"), n):
+        recs = []
+        for _ in range(count):
+            region = REGIONS[k % 3]
+            img = (rng.random((S, S, 3)) * 255).astype(np.uint8)
+            mask = np.zeros((S, S), np.uint8); mask[: S // 2] = 255
+            Image.fromarray(img).save(root / "img" / f"{k}.png"); Image.fromarray(mask).save(root / "img" / f"{k}_m.png")
+            recs.append({"image_id": f"img_{k}", "img_path": f"img/{k}.png", "mask_path": f"img/{k}_m.png",
+                         "caption": f"The {region} looks blurred.", "instance_id": str(k),
+                         "multilabel": [int(r == region) for r in REGIONS]})
+            k += 1
+        (root / f"{split}-mutilabel.json").write_text(json.dumps(recs))
+    return root
+
+
+def test_forgerytalker_run_load_explain(tmp_path):
+    """The registry entry point runs both stages, writes metrics.json / method.json, shares the FPN between rows,
+    and the demo API loads the run and explains a PIL image."""
+    import json
+    import numpy as np
+    from PIL import Image
+    from forgrepro.methods.forgerytalker import (FORGERYTALKER_ABLATIONS, explain, fast_caption_metrics,
+                                                 forgerytalker_run, load_forgerytalker)
+    root = _write_mmtt(tmp_path / "data")
+    kw = dict(overrides={"generation.num_beams": 1, "generation.max_len": 8},
+              train_overrides={"epochs": 1, "batch_size": 4, "fpn.epochs": 1, "fpn.batch_size": 4},
+              caption_metrics=fast_caption_metrics, fpn_dir=tmp_path / "fpn")
+    m = forgerytalker_run(root, tmp_path / "full", **kw)
+    assert {"BLEU-4", "CIDEr", "SPICE", "IoU", "Precision", "Recall", "PLM", "region_F1"} <= set(m)
+    assert m["SPICE"] is None and 0 <= m["IoU"] <= 100
+    on_disk = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert on_disk["SPICE"] is None and on_disk["CIDEr"] == pytest.approx(m["CIDEr"])
+    assert json.loads((tmp_path / "full" / "method.json").read_text())["method"] == "forgerytalker"
+    fpn_files = sorted((tmp_path / "fpn").rglob("model.safetensors"))
+    stamp = [f.stat().st_mtime_ns for f in fpn_files]
+    assert "no_mask_decoder" in FORGERYTALKER_ABLATIONS
+    m2 = forgerytalker_run(root, tmp_path / "nomask", ablation="no_mask_decoder", **kw)
+    assert "IoU" not in m2 and [f.stat().st_mtime_ns for f in fpn_files] == stamp  # the FPN was reused, not retrained
+    model, ltok, qtok = load_forgerytalker(tmp_path / "full")
+    out = explain(model, Image.fromarray(np.zeros((50, 40, 3), np.uint8)))
+    assert out["mask"].shape == (50, 40) and out["mask"].dtype == bool and isinstance(out["explanation"], str)
+    assert set(out["regions"]) <= set(REGIONS) and len(out["region_probs"]) == 21
