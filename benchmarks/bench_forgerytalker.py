@@ -6,10 +6,7 @@
       SAM mask decoder fwd/bwd; the frozen FPN forward is listed too). Weights are random (nothing downloads).
       Without a GPU it prints SKIP and exits 0; `--allow-cpu --scale tiny` runs the same code path on the CPU.
 
-  python benchmarks/bench_forgerytalker.py synth --out /tmp/ft_synth [--n-train 1600 ...]
-      Tiny scale on CPU, from scratch, on synth-mmtt: stage 1 (FPN) then stage 2 with FPN / no / ground-truth prompts,
-      test-set metrics against trivial baselines (the most frequent training explanation for every image; an all-face
-      mask and an empty mask). Writes <out>/results.json and prints a table.
+  The synth-mmtt quality run (model rows vs trivial baselines) is `benchmarks/forgerytalker_synth.py`.
 """
 from __future__ import annotations
 
@@ -20,7 +17,6 @@ import os
 import sys
 import time
 import warnings
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -166,110 +162,10 @@ def throughput(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------------ synth-mmtt (CPU)
-def _loader(ds, batch_size, shuffle, seed=0):
-    from forgrepro.data.mmtt import MMTTCollator
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=MMTTCollator(),
-                                       generator=torch.Generator().manual_seed(seed), num_workers=0)
-
-
-def fast_caption_scores(predictions, references) -> dict:
-    "BLEU-4 and CIDEr (x100) without Java (lower-case, punctuation stripped): for model selection during training."
-    import re
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    norm = lambda t: " ".join(re.sub(r"[^a-z0-9 ]", " ", t.lower()).split())
-    gts = {k: [norm(r) for r in references[k]] for k in predictions}
-    res = {k: [norm(predictions[k])] for k in predictions}
-    return {"BLEU-4": 100 * Bleu(4).compute_score(gts, res, verbose=0)[0][3], "CIDEr": 100 * Cider().compute_score(gts, res)[0]}
-
-
-def synth(args) -> int:
-    from forgrepro.data.mmtt import MMTTDataset, read_mmtt, find_mmtt_split
-    from forgrepro.data.synth_mmtt import make_synth_mmtt
-    from forgrepro.evaluate import evaluate
-    from forgrepro.train import TrainConfig, fit
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    data = out / "data"
-    if not (data / "dataset").exists():
-        t0 = time.perf_counter()
-        make_synth_mmtt(data, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, seed=args.seed,
-                        image_size=args.data_size)
-        print(f"synth-mmtt written in {time.perf_counter() - t0:.0f} s")
-    root = data / "dataset"
-    S = ft.forgerytalker_tiny().vision.image_size
-    ds = lambda split, train=False: MMTTDataset(root, split, image_size=S, train=train,
-                                                generator=torch.Generator().manual_seed(args.seed))
-    train_recs = read_mmtt(find_mmtt_split(root, "train"))
-    captions = [r.caption for r in train_recs]
-    tok_dir = out / "tokenizer"
-    ltok = ft.train_explanation_tokenizer(captions, vocab_size=args.vocab, out_dir=tok_dir)
-    qtok = ft.load_qformer_tokenizer()
-    results: dict[str, dict] = {}
-
-    # stage 1: the FPN
-    fpn_cfg = replace(ft.fpn_tiny(), lr=args.fpn_lr)
-    tcfg = TrainConfig(epochs=args.fpn_epochs, batch_size=args.batch, schedule="cosine", weight_decay=0.05,
-                       warmup_lr=0.0, warmup_steps=50, min_lr=0.0, log_every=50, seed=args.seed,
-                       out_dir=str(out / "fpn"), eval_every=None)
-    t0 = time.perf_counter()
-    res = fit(ft.FPNTask(fpn_cfg), lambda: _loader(ds("train", train=args.augment), args.batch, True),
-              lambda: _loader(ds("eval"), 64, False),
-              tcfg, resume=True)
-    fpn_test = evaluate(res.model, ft.FPNTask(fpn_cfg).evaluator(), _loader(ds("test"), 64, False))
-    results["fpn"] = {**fpn_test, "train_s": time.perf_counter() - t0}
-    print("FPN test:", {k: round(v, 2) for k, v in fpn_test.items()})
-    fpn_weights = str(out / "fpn" / "best")
-
-    # stage 2: three prompt sources from the same recipe
-    base = replace(ft.forgerytalker_tiny(), fpn_weights=fpn_weights, llm_tokenizer=str(tok_dir), lr=args.lr,
-                   generation=replace(ft.forgerytalker_tiny().generation, num_beams=args.beams))
-    for name in args.variants:
-        cfg = ft.ablation_config(base, name)
-        tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, schedule="cosine", weight_decay=cfg.weight_decay,
-                           warmup_lr=0.0, warmup_steps=100, min_lr=0.0, log_every=50, seed=args.seed,
-                           out_dir=str(out / f"stage2_{name}"), eval_every=None, max_eval_batches=args.val_batches)
-        # validation during training selects checkpoints with Java-free BLEU-4 + CIDEr; the test uses the official scorer
-        train_task = ft.ForgeryTalkerTask(cfg, llm_tokenizer=ltok, qformer_tokenizer=qtok, caption_metrics=fast_caption_scores)
-        task = ft.ForgeryTalkerTask(cfg, llm_tokenizer=ltok, qformer_tokenizer=qtok)
-        t0 = time.perf_counter()
-        res = fit(train_task, lambda: _loader(ds("train", train=args.augment), args.batch, True),
-                  lambda: _loader(ds("eval"), 32, False), tcfg, resume=True)
-        m = evaluate(res.model, task.evaluator(), _loader(ds("test"), 32, False))
-        results[name] = {**m, "train_s": time.perf_counter() - t0}
-        print(f"{name} test:", {k: round(v, 2) for k, v in m.items()})
-
-    # trivial baselines on the same test set
-    test = ds("test")
-    refs: dict = {}
-    for rec in read_mmtt(find_mmtt_split(root, "test")): refs.setdefault(rec.image_id, []).append(rec.caption)
-    most = Counter(ft.pre_caption(c) for c in captions).most_common(1)[0][0]
-    base_caps = ft.caption_scores({k: most for k in refs}, refs)
-    masks = torch.stack([test[i].mask for i in range(len(test))])
-    allface = ft.mask_scores(torch.ones_like(masks, dtype=torch.bool), masks)
-    empty = ft.mask_scores(torch.zeros_like(masks, dtype=torch.bool), masks)
-    results["baseline_constant_explanation"] = {**base_caps, "explanation": most}
-    results["baseline_all_face_mask"] = {f"m{k[0].upper() if k != 'iou' else 'IoU'}": float(100 * v.mean())
-                                         for k, v in allface.items()}
-    results["baseline_empty_mask"] = {f"m{k[0].upper() if k != 'iou' else 'IoU'}": float(100 * v.mean())
-                                      for k, v in empty.items()}
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    cols = ["CIDEr", "BLEU-4", "BLEU-1", "ROUGE-L", "METEOR", "PLM", "mIoU", "mP", "mR", "fpn_micro_F1"]
-    print(f"\n{'row':<32}" + "".join(f"{c:>13}" for c in cols))
-    for row, m in results.items():
-        if row == "fpn": continue
-        print(f"{row:<32}" + "".join(f"{m[c]:>13.2f}" if isinstance(m.get(c), (int, float)) else f"{'':>13}" for c in cols))
-    print(f"FPN (stage 1) test micro F1 {results['fpn'].get('micro_F1', float('nan')):.2f}, "
-          f"PLM {results['fpn'].get('PLM', float('nan')):.2f}")
-    return 0
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd")
     t = sub.add_parser("throughput", help="paper-scale stage-2 training throughput on a GPU")
-    s = sub.add_parser("synth", help="tiny-scale CPU training on synth-mmtt vs trivial baselines")
     for q in (p, t):
         q.add_argument("--scale", default="paper", choices=sorted(ft.PRESETS))
         q.add_argument("--batch", type=int, default=24, help="per-step batch (official batch_size_train 24)")
@@ -279,25 +175,8 @@ def main(argv=None) -> int:
         q.add_argument("--allow-cpu", action="store_true")
         q.add_argument("--fp32", action="store_true", help="no bf16 autocast")
         q.add_argument("--json", default=None, help="also write the timings here")
-    s.add_argument("--out", required=True)
-    s.add_argument("--n-train", type=int, default=1600)
-    s.add_argument("--n-val", type=int, default=200)
-    s.add_argument("--n-test", type=int, default=200)
-    s.add_argument("--data-size", type=int, default=128, help="side of the generated images (= the tiny model's input)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--vocab", type=int, default=1000)
-    s.add_argument("--batch", type=int, default=16)
-    s.add_argument("--fpn-epochs", type=int, default=15)
-    s.add_argument("--fpn-lr", type=float, default=1e-3)
-    s.add_argument("--epochs", type=int, default=12)
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--beams", type=int, default=3)
-    s.add_argument("--val-batches", type=int, default=2, help="validation batches per evaluation during training")
-    s.add_argument("--augment", action="store_true", help="synchronised RandomResizedCrop + flip while training")
-    s.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared CPU)")
-    s.add_argument("--variants", nargs="+", default=["full", "no_fpn_prompts", "gt_prompts"])
     args = p.parse_args(argv)
-    return synth(args) if args.cmd == "synth" else throughput(args)
+    return throughput(args)
 
 
 if __name__ == "__main__":
