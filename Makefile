@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test reproduce demo export clean-nbs check-nbs bench lock
+.PHONY: setup browser test reproduce demo export clean-nbs check-nbs bench lock
 
 setup: $(STAMP)
 
@@ -25,7 +25,15 @@ $(STAMP): settings.ini setup.py requirements-lock.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (forgrepro)" >/dev/null
 	touch $(STAMP)
 
-test: setup
+# Headless Chromium + driver for the demo's end-to-end test (Debian packages; the test skips without them).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver \
+	  || echo "WARNING: could not install chromium/chromium-driver; the browser test will be skipped"; \
+	fi
+
+test: setup browser
 	$(PY) -m pytest tests -ra
 
 reproduce: setup

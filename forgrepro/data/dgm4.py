@@ -31,7 +31,7 @@ from .faces import FaceDetector, crop_faces, select_faces
 __all__ = ['FAKE_CLS', 'MULTI_LABEL_CLASSES', 'IMAGE_MANIPULATIONS', 'TEXT_MANIPULATIONS', 'Box', 'AugName', 'multi_label',
            'is_fake', 'has_image_manipulation', 'has_text_manipulation', 'DGM4Record', 'parse_dgm4_record', 'read_dgm4',
            'dgm4_data_root', 'find_dgm4_split', 'dgm4_image_candidates', 'resolve_dgm4_image', 'fit_box',
-           'boxes_to_cxcywh', 'RandomAugment', 'AuxTexts', 'DGM4Sample', 'DGM4Dataset', 'DGM4Collator',
+           'boxes_to_cxcywh', 'RandomAugment', 'AuxTexts', 'DGM4Sample', 'DGM4Dataset', 'dgm4_sample', 'DGM4Collator',
            'dgm4_statistics']
 
 # %% ../../nbs/04_data.dgm4.ipynb #ebec9e79
@@ -475,47 +475,70 @@ class DGM4Dataset(Dataset):
     def _sample(self, rec: DGM4Record, aux: tuple[str | None, str | None], issues: IssueReport) -> DGM4Sample:
         path = resolve_dgm4_image(self.data_root, rec)
         li = load_image(path, record=rec.where, report=issues, max_side=self.max_side, max_pixels=self.max_pixels)
-        W, H = li.orig_size
-        xywh = None
-        if rec.fake_image_box is not None:
-            try: xywh, clipped = fit_box(rec.fake_image_box, (W, H))
-            except ValueError as e: raise DataError(str(e), rec.source, rec.where, kind="box_outside_image") from e
-            if clipped: issues.repair("box_clipped", rec.source, rec.where, f"fake_image_box {list(rec.fake_image_box)} clipped to the {W}x{H} image")
-        flip = self.train and bool(torch.rand((), generator=self.generator) < 0.5)  # official: python random() < 0.5
-        img = li.image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else li.image
-        arr = np.asarray(img.resize((self.image_res, self.image_res), Image.BICUBIC))
-        if self.train and self.augment is not None: arr = self.augment(arr, generator=self.generator)
-        box = (boxes_to_cxcywh(torch.tensor([xywh]), torch.tensor([[W, H]]), torch.tensor([flip]))[0]
-               if xywh is not None else torch.zeros(4))
-        words = torch.zeros(self.max_words)
-        words[[p for p in rec.fake_text_pos if p < self.max_words]] = 1.0
-        text = pre_caption(rec.text, self.max_words)
-        faces = self._faces(rec, li, flip, issues) if self.face_size > 0 else (None, None, None)
-        meta = {"id": rec.id, "image": rec.image, "index": rec.index, "source": rec.source, "fake_cls": rec.fake_cls,
-                "text": text, "orig_size": (W, H), "flipped": flip, "path": str(path), "repairs": list(issues.issues)}
-        return DGM4Sample(to_normalized_tensor(arr), text, words, rec.label, torch.tensor(rec.multi_label, dtype=torch.float),
-                          box, rec.fake_cls_index, meta, *faces, *aux)
+        return dgm4_sample(li, rec, aux, issues, image_res=self.image_res, max_words=self.max_words, train=self.train,
+                           augment=self.augment, generator=self.generator, face_size=self.face_size,
+                           max_faces=self.max_faces, face_detector=self.face_detector)
 
-    def _faces(self, rec: DGM4Record, li: LoadedImage, flip: bool, issues: IssueReport):
-        "Face crops (F, 3, S, S), mask (F,), normalised xyxy boxes (F, 4) for one image."
-        W, H = li.orig_size
-        sx, sy = li.scale
-        boxes = np.asarray(rec.mtcnn_boxes, np.float64).reshape(-1, 4)
-        if len(boxes) == 0 and self.face_detector is not None:  # detector runs on the loaded image
-            boxes = np.asarray(self.face_detector(li.image), np.float64).reshape(-1, 4) / np.array([sx, sy, sx, sy])
-        boxes = np.stack([boxes[:, 0].clip(0, W), boxes[:, 1].clip(0, H), boxes[:, 2].clip(0, W), boxes[:, 3].clip(0, H)], 1)
-        boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
-        if len(boxes) == 0:  # our documented fallback (no official face pipeline exists for DGM4)
-            boxes = np.array([[0.0, 0.0, W, H]])
-            issues.repair("no_face", rec.source, rec.where, "no face box (mtcnn_boxes/detector); used the whole image")
-        chosen = np.asarray(select_faces(boxes.tolist(), self.max_faces))          # largest first, (F', 4) stored pixels
-        S, F, n = self.face_size, self.max_faces, len(chosen)
-        faces, fmask, fboxes = torch.zeros(F, 3, S, S), torch.zeros(F, dtype=torch.bool), torch.zeros(F, 4)
-        crops = crop_faces(li.image, (chosen * np.array([sx, sy, sx, sy])).tolist(), S, normalize=True)
-        if flip: crops, chosen = crops.flip(-1), np.stack([W - chosen[:, 2], chosen[:, 1], W - chosen[:, 0], chosen[:, 3]], 1)
-        faces[:n], fmask[:n] = crops, True
-        fboxes[:n] = torch.as_tensor(chosen / np.array([W, H, W, H]), dtype=torch.float32)
-        return faces, fmask, fboxes
+
+def dgm4_sample(li: LoadedImage,  # the decoded image (`load_image`, or an in-memory upload wrapped in `LoadedImage`)
+                rec: DGM4Record,  # its record (caption, labels, `mtcnn_boxes` in stored pixels)
+                aux: tuple[str | None, str | None] = (None, None),  # pre-captioned ASAP aux caption / explanation
+                issues: IssueReport | None = None,  # repairs (box clipping, whole-image face fallback) are logged here
+                *,
+                image_res: int = 256,  # square resize
+                max_words: int = 50,  # pre_caption length and word-mask length
+                train: bool = False,  # flip + augment (False: the test-time transform)
+                augment: Callable[..., np.ndarray] | None = None,  # train-time array augmentation
+                generator: torch.Generator | None = None,  # RNG for flip/augment
+                face_size: int = 0,  # > 0: also return face crops of this size
+                max_faces: int = 4,  # largest faces kept
+                face_detector: FaceDetector | None = None,  # for records without mtcnn_boxes
+               ) -> DGM4Sample:
+    "The `DGM4Sample` of one decoded image and its record: the one transform `DGM4Dataset` and the predictor share."
+    issues = issues if issues is not None else IssueReport()
+    W, H = li.orig_size
+    xywh = None
+    if rec.fake_image_box is not None:
+        try: xywh, clipped = fit_box(rec.fake_image_box, (W, H))
+        except ValueError as e: raise DataError(str(e), rec.source, rec.where, kind="box_outside_image") from e
+        if clipped: issues.repair("box_clipped", rec.source, rec.where, f"fake_image_box {list(rec.fake_image_box)} clipped to the {W}x{H} image")
+    flip = train and bool(torch.rand((), generator=generator) < 0.5)  # official: python random() < 0.5
+    img = li.image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else li.image
+    arr = np.asarray(img.resize((image_res, image_res), Image.BICUBIC))
+    if train and augment is not None: arr = augment(arr, generator=generator)
+    box = (boxes_to_cxcywh(torch.tensor([xywh]), torch.tensor([[W, H]]), torch.tensor([flip]))[0]
+           if xywh is not None else torch.zeros(4))
+    words = torch.zeros(max_words)
+    words[[p for p in rec.fake_text_pos if p < max_words]] = 1.0
+    text = pre_caption(rec.text, max_words)
+    faces = _faces(rec, li, flip, issues, face_size, max_faces, face_detector) if face_size > 0 else (None, None, None)
+    meta = {"id": rec.id, "image": rec.image, "index": rec.index, "source": rec.source, "fake_cls": rec.fake_cls,
+            "text": text, "orig_size": (W, H), "flipped": flip, "path": str(li.path), "repairs": list(issues.issues)}
+    return DGM4Sample(to_normalized_tensor(arr), text, words, rec.label, torch.tensor(rec.multi_label, dtype=torch.float),
+                      box, rec.fake_cls_index, meta, *faces, *aux)
+
+def _faces(rec: DGM4Record, li: LoadedImage, flip: bool, issues: IssueReport, face_size: int, max_faces: int,
+           face_detector: FaceDetector | None):
+    "Face crops (F, 3, S, S), mask (F,), normalised xyxy boxes (F, 4) for one image."
+    W, H = li.orig_size
+    sx, sy = li.scale
+    boxes = np.asarray(rec.mtcnn_boxes, np.float64).reshape(-1, 4)
+    if len(boxes) == 0 and face_detector is not None:  # detector runs on the loaded image
+        boxes = np.asarray(face_detector(li.image), np.float64).reshape(-1, 4) / np.array([sx, sy, sx, sy])
+    boxes = np.stack([boxes[:, 0].clip(0, W), boxes[:, 1].clip(0, H), boxes[:, 2].clip(0, W), boxes[:, 3].clip(0, H)], 1)
+    boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+    if len(boxes) == 0:  # our documented fallback (no official face pipeline exists for DGM4)
+        boxes = np.array([[0.0, 0.0, W, H]])
+        issues.repair("no_face", rec.source, rec.where, "no face box (mtcnn_boxes/detector); used the whole image")
+    chosen = np.asarray(select_faces(boxes.tolist(), max_faces))               # largest first, (F', 4) stored pixels
+    S, F, n = face_size, max_faces, len(chosen)
+    faces, fmask, fboxes = torch.zeros(F, 3, S, S), torch.zeros(F, dtype=torch.bool), torch.zeros(F, 4)
+    crops = crop_faces(li.image, (chosen * np.array([sx, sy, sx, sy])).tolist(), S, normalize=True)
+    if flip: crops, chosen = crops.flip(-1), np.stack([W - chosen[:, 2], chosen[:, 1], W - chosen[:, 0], chosen[:, 3]], 1)
+    faces[:n], fmask[:n] = crops, True
+    fboxes[:n] = torch.as_tensor(chosen / np.array([W, H, W, H]), dtype=torch.float32)
+    return faces, fmask, fboxes
+
 
 # %% ../../nbs/04_data.dgm4.ipynb #9047d873
 @dataclass

@@ -1,0 +1,159 @@
+"""forgrepro.predict: a DGM4 method on single image-caption pairs, upload validation, ForgeryTalker wrapper."""
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from forgrepro.core import DataError
+from forgrepro.data.dgm4 import MULTI_LABEL_CLASSES, DGM4Dataset
+from forgrepro.data.text import bert_tokenizer
+from forgrepro.experiment import ExperimentSpec, build_task
+from forgrepro.predict import (DGM4Predictor, ForgeryTalkerPredictor, prediction_batch, validate_caption,
+                               validate_image, word_scores)
+
+torch.set_num_threads(1)
+
+
+class FixedFaces:
+    "A face detector returning fixed boxes (the real MTCNN is exercised in test_demo)."
+    def __init__(self, boxes): self.boxes, self.calls = boxes, 0
+    def __call__(self, image):
+        self.calls += 1
+        return list(self.boxes)
+
+
+def _image(w=160, h=90, seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), np.uint8))
+
+
+def _jpeg(im: Image.Image) -> bytes:
+    buf = io.BytesIO(); im.save(buf, "JPEG", quality=90); return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return bert_tokenizer()
+
+
+@pytest.fixture(scope="module", params=["hammer", "asap", "m4blip"])
+def random_predictor(request, tok):
+    torch.manual_seed(0)
+    task = build_task(ExperimentSpec(request.param))
+    return DGM4Predictor(request.param, task, task.build_model(), tokenizer=tok, face_detector=FixedFaces([(20, 10, 60, 70)]))
+
+
+def test_prediction_fields(random_predictor):
+    p = random_predictor.predict(_image(), "Angela Merkel meets students in $5 shirts")
+    assert p.image_size == (160, 90) and 0 <= p.p_fake <= 1 and p.is_fake == (p.p_fake > 0.5)
+    assert list(p.type_probs) == list(MULTI_LABEL_CLASSES) and all(0 <= v <= 1 for v in p.type_probs.values())
+    assert set(p.types) == {c for c, v in p.type_probs.items() if v >= 0.5}
+    x1, y1, x2, y2 = p.box
+    assert 0 <= x1 <= x2 <= 160 and 0 <= y1 <= y2 <= 90
+    assert p.words == ("angela", "merkel", "meets", "students", "in", "$5", "shirts")
+    assert len(p.word_fake) == len(p.word_probs) == len(p.words)
+    assert not any(np.isnan(p.word_probs))
+    assert p.faces == ((20.0, 10.0, 60.0, 70.0),) and not p.no_face_found and p.elapsed_ms > 0
+    if random_predictor.method == "m4blip": assert "p_fake_llm" in p.extra
+
+
+def test_box_in_original_pixels(random_predictor):
+    "The model's normalised box maps onto the original (non-square) image, whatever its size."
+    a = random_predictor.predict(_image(160, 90), "a caption", faces=[(20, 10, 60, 70)])
+    b = random_predictor.predict(_image(160, 90).resize((320, 180)), "a caption", faces=[(40, 20, 120, 140)])
+    assert b.image_size == (320, 180)
+    # same resized input (up to resampling), so the same normalised box scaled by 2
+    assert np.allclose(np.array(b.box) / 2, a.box, atol=3)
+
+
+def test_word_flags_follow_token_logits(tok):
+    text = "obama visits $5 merkel"
+    lt = torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0], [0, 3.0], [1.0, 0], [1.0, 0]])  # obama|visits|$|5|mer|##kel
+    words, probs, flags = word_scores(tok, text, lt)
+    assert words == ["obama", "visits", "$5", "merkel"] and flags.tolist() == [False, True, True, False]
+    assert probs[2] == pytest.approx(torch.tensor([0, 3.0]).softmax(0)[1].item())
+
+
+def test_same_batch_as_dataset(random_predictor, tmp_path):
+    "The predictor feeds the model what the test split of DGM4Dataset gives for the same image and caption."
+    im = _image(120, 100, seed=3)
+    (tmp_path / "DGM4/metadata").mkdir(parents=True); (tmp_path / "DGM4/origin").mkdir()
+    im.save(tmp_path / "DGM4/origin/a.png")
+    (tmp_path / "DGM4/metadata/test.json").write_text(json.dumps([{
+        "id": 1, "image": "DGM4/origin/a.png", "text": "The Minister, smiling, in Paris!", "fake_cls": "orig",
+        "fake_image_box": None, "fake_text_pos": [], "mtcnn_boxes": [[10, 10, 50, 60]]}]))
+    n = random_predictor.needs
+    ref = random_predictor.collate([DGM4Dataset(tmp_path, "test", image_res=n.image_res, face_size=n.face_size,
+                                                max_faces=n.max_faces)[0]])
+    got = prediction_batch(random_predictor, im, "The Minister, smiling, in Paris!", [(10, 10, 50, 60)])
+    for k in ("image", "input_ids", "attention_mask", "faces", "face_mask", "face_boxes"):
+        a, b = getattr(got, k), getattr(ref, k)
+        assert (a is None and b is None) or torch.equal(a, b), k
+
+
+def test_no_face_fallback(random_predictor):
+    p = random_predictor.predict(_image(), "a caption", faces=[])
+    assert p.no_face_found and p.faces == ((0.0, 0.0, 160.0, 90.0),)
+
+
+def test_detector_used_when_faces_not_given(tok):
+    task = build_task(ExperimentSpec("hammer"))
+    det = FixedFaces([(1, 2, 30, 40)])
+    p = DGM4Predictor("hammer", task, task.build_model(), tokenizer=tok, face_detector=det).predict(_image(), "a b")
+    assert det.calls == 1 and p.faces == ((1.0, 2.0, 30.0, 40.0),)
+
+
+@pytest.mark.parametrize("make,kind", [
+    (lambda: Image.open(io.BytesIO(_jpeg(_image())[:len(_jpeg(_image())) // 2])), "truncated_image"),
+    (lambda: b"not an image", "unreadable_image"),
+    (lambda: "/etc/passwd", "unreadable_image"),
+    (lambda: None, "no_image"),
+    (lambda: Image.new("RGB", (5000, 4000)), "too_large"),
+    (lambda: Image.new("RGB", (4097, 10)), "too_large"),
+])
+def test_bad_images(make, kind):
+    with pytest.raises(DataError) as e: validate_image(make())
+    assert e.value.kind == kind
+
+
+@pytest.mark.parametrize("caption", ["", "   ", ".,;!", None, 12])
+def test_bad_captions(random_predictor, caption):
+    with pytest.raises(DataError, match="empty caption"): random_predictor.predict(_image(), caption, faces=[])
+
+
+def test_rgba_upload_like_stored_files():
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))                  # fully transparent red
+    assert np.asarray(validate_image(rgba))[0, 0].tolist() == [255, 255, 255]   # composited on white, as load_image
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    synth = pytest.importorskip("forgrepro.data.synth_dgm4")
+    from forgrepro.experiment import run_experiment
+    d = tmp_path_factory.mktemp("run")
+    root = synth.make_synth_dgm4(d / "data", n_train=32, n_val=8, n_test=8, workers=1)
+    spec = ExperimentSpec("hammer", "tiny", "full", train={"epochs": 1, "batch_size": 16, "max_steps": 1, "warmup_steps": 0})
+    run_experiment(spec, root, d / "run", device="cpu")
+    return d
+
+
+def test_trained_checkpoint(trained_run, tok):
+    from forgrepro.data.dgm4 import read_dgm4, resolve_dgm4_image
+    pred = DGM4Predictor.from_run(trained_run / "run", tokenizer=tok, face_detector=FixedFaces([]))
+    data = trained_run / "data"
+    r = read_dgm4(data / "DGM4/metadata/test.json")[0]
+    p = pred.predict(Image.open(resolve_dgm4_image(data, r)), r.text, faces=r.mtcnn_boxes)
+    assert pred.method == "hammer" and pred.name == "HAMMER" and not pred.model.training
+    assert len(p.words) == len(r.text.split()) and p.image_size == Image.open(resolve_dgm4_image(data, r)).size
+
+
+def test_forgerytalker_wrapper_resizes_mask():
+    def explain(model, image):
+        assert isinstance(image, Image.Image) and image.mode == "RGB"
+        m = np.zeros((4, 4), bool); m[:2, :2] = True
+        return {"regions": ["nose"], "region_probs": {"nose": 0.8}, "mask": m, "explanation": "nose edited"}
+    p = ForgeryTalkerPredictor(object(), explain).predict(_image(160, 90))
+    assert p.mask.shape == (90, 160) and p.mask[:45, :80].all() and not p.mask[45:, :].any()
+    assert p.regions == ("nose",) and p.region_probs == {"nose": 0.8} and p.explanation == "nose edited"
