@@ -32,7 +32,8 @@ __all__ = ['FAKE_CLS', 'DGM4_VAL_COUNTS', 'SOURCE_COUNTS', 'FS_METHODS', 'FA_MET
            'has_face_swap', 'has_face_attribute', 'has_text_swap', 'has_text_attribute', 'Persona', 'make_person_pool',
            'CaptionContent', 'Caption', 'write_caption', 'draw_content', 'flip_attributes', 'swapped_positions',
            'describe_face', 'vlm_caption', 'llm_explanation', 'ImageEdit', 'NewsItem', 'plan_groups', 'plan_item',
-           'face_swap_traces', 'face_attribute_traces', 'trace_strength', 'render_item', 'make_synth_dgm4']
+           'face_swap_traces', 'face_attribute_traces', 'trace_strength', 'ItemImages', 'render_item_images',
+           'render_item', 'make_synth_dgm4']
 
 # %% ../../nbs/08_data.synth_dgm4.ipynb #21db821d
 FAKE_CLS: tuple[str, ...] = ('orig', 'face_swap', 'face_attribute', 'text_swap', 'text_attribute', 'face_swap&text_swap',
@@ -499,13 +500,19 @@ def trace_strength(difficulty: float) -> float:
 
 def _box_list(b) -> list[int]: return [int(v) for v in b]
 
-def render_item(item: NewsItem,
-                out_dir: Path,  # folder that contains DGM4/
-                difficulty: float,
-                seed: int,  # generator seed (trace randomness)
-               ) -> list[dict]:
-    "Render and write the images of one news item; return its records with boxes filled in."
-    out_dir = Path(out_dir)
+@dataclass(frozen=True)
+class ItemImages:
+    "The finished (pre-JPEG) images of one news item and their boxes."
+    images: dict[str, np.ndarray]                       # relative path -> (H, W, 3) float32 in [0, 1]
+    qualities: dict[str, int]                           # relative path -> JPEG quality
+    fake_boxes: dict[str, tuple[int, int, int, int]]    # manipulated path -> face box xyxy
+    mtcnn_boxes: list[tuple[int, int, int, int]]        # all face boxes, largest first
+
+def render_item_images(item: NewsItem,
+                       difficulty: float,
+                       seed: int,  # generator seed (trace randomness)
+                      ) -> ItemImages:
+    "Render the pristine image of one news item and its manipulated variants (no file written)."
     strength = trace_strength(difficulty)
     split_code = ('train', 'val', 'test').index(item.split) if item.split in ('train', 'val', 'test') else 9
     rng = np.random.default_rng([seed, 7, split_code, item.index])
@@ -514,7 +521,7 @@ def render_item(item: NewsItem,
     noise = finish_noise(item.finish, base.image.shape)
     pristine = apply_finish(base.image, item.finish, noise)
     H, W = pristine.shape[:2]
-    files = {item.origin_path: (pristine, item.origin_quality)}
+    images, qualities = {item.origin_path: pristine}, {item.origin_path: item.origin_quality}
     # DEVIATION: `mtcnn_boxes` are the exact rendered face boxes (largest first), not noisy MTCNN detections; as in
     # DGM4, `fake_image_box` is always one of them.
     boxes = sorted(base.face_boxes, key=lambda b: (-(b[2] - b[0]) * (b[3] - b[1]), b[0]))
@@ -535,14 +542,23 @@ def render_item(item: NewsItem,
             face = [_place(fr.face_mask & ~fr.region_masks['hair'], origin, (H, W)) for fr in (before, after)]
             mask = _blend_mask(face, box, 1.2 + 1.2 * difficulty)
             image = face_attribute_traces(pristine, generated, mask, box, strength, edit.method, rng)
-        files[edit.path] = (image, edit.quality)
-        fake_box[edit.path] = box
-    for rel, (img, q) in files.items():
-        path = out_dir / rel
+        images[edit.path], qualities[edit.path] = image, edit.quality
+        fake_box[edit.path] = tuple(int(v) for v in box)
+    return ItemImages(images, qualities, fake_box, [tuple(int(v) for v in b) for b in boxes])
+
+def render_item(item: NewsItem,
+                out_dir: Path,  # folder that contains DGM4/
+                difficulty: float,
+                seed: int,  # generator seed (trace randomness)
+               ) -> list[dict]:
+    "Render and write the images of one news item; return its records with boxes filled in."
+    out = render_item_images(item, difficulty, seed)
+    for rel, img in out.images.items():
+        path = Path(out_dir) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode_jpeg(to_uint8(img), q))
-    return [{**r, 'fake_image_box': _box_list(fake_box[r['image']]) if r['image'] in fake_box else [],
-             'mtcnn_boxes': [_box_list(b) for b in boxes]} for r in item.records]
+        path.write_bytes(encode_jpeg(to_uint8(img), out.qualities[rel]))
+    return [{**r, 'fake_image_box': _box_list(out.fake_boxes[r['image']]) if r['image'] in out.fake_boxes else [],
+             'mtcnn_boxes': [_box_list(b) for b in out.mtcnn_boxes]} for r in item.records]
 
 # %% ../../nbs/08_data.synth_dgm4.ipynb #e36f3dc5
 GENERATOR_VERSION = '1.0'
