@@ -32,7 +32,8 @@ __all__ = ['FAKE_CLS', 'DGM4_VAL_COUNTS', 'SOURCE_COUNTS', 'FS_METHODS', 'FA_MET
            'has_face_swap', 'has_face_attribute', 'has_text_swap', 'has_text_attribute', 'Persona', 'make_person_pool',
            'CaptionContent', 'Caption', 'write_caption', 'draw_content', 'flip_attributes', 'swapped_positions',
            'describe_face', 'vlm_caption', 'llm_explanation', 'ImageEdit', 'NewsItem', 'plan_groups', 'plan_item',
-           'face_swap_traces', 'face_attribute_traces', 'trace_strength', 'render_item', 'make_synth_dgm4']
+           'face_swap_traces', 'face_attribute_traces', 'trace_strength', 'ItemImages', 'render_item_images',
+           'render_item', 'make_synth_dgm4']
 
 # %% ../../nbs/08_data.synth_dgm4.ipynb #21db821d
 FAKE_CLS: tuple[str, ...] = ('orig', 'face_swap', 'face_attribute', 'text_swap', 'text_attribute', 'face_swap&text_swap',
@@ -450,7 +451,7 @@ def face_swap_traces(pristine: np.ndarray,  # (H, W, 3) finished pristine image
     wy, wx = slice(max(0, y0 - pad), min(H, y1 + pad)), slice(max(0, x0 - pad), min(W, x1 + pad))
     gen = generated[wy, wx].copy()
     h, w = gen.shape[:2]
-    r = 1.0 - 0.55 * strength                                   # generator works at a lower resolution
+    r = 1.0 - 0.55 * min(strength, 1.0)                         # generator works at a lower resolution
     small = cv2.resize(gen, (max(2, round(w * r)), max(2, round(h * r))), interpolation=cv2.INTER_AREA)
     gen = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     m = mask[wy, wx]
@@ -458,9 +459,10 @@ def face_swap_traces(pristine: np.ndarray,  # (H, W, 3) finished pristine image
         wsum = m.sum()
         mean_gen = (gen * m[..., None]).sum((0, 1)) / wsum
         mean_pri = (pristine[wy, wx] * m[..., None]).sum((0, 1)) / wsum
-        gen += (0.45 + 0.5 * (1 - strength)) * (mean_pri - mean_gen)   # colour transfer, never complete
-    gen += strength * 0.035 * rng.standard_normal(3).astype(np.float32)
-    seam = 4 * m * (1 - m) * strength * 0.08 * (1 if rng.random() < 0.5 else -1)
+        gen += (0.45 + 0.5 * (1 - min(strength, 1.0))) * (mean_pri - mean_gen)   # colour transfer, never complete
+    # colour/exposure mismatch of the pasted face: random sign per channel, so global colour statistics do not move
+    gen += strength * (0.05 + 0.05 * rng.random()) * rng.choice([-1.0, 1.0], 3).astype(np.float32)
+    seam = 4 * m * (1 - m) * strength * 0.12 * (1 if rng.random() < 0.5 else -1)
     out = pristine.copy()
     out[wy, wx] = pristine[wy, wx] * (1 - m[..., None]) + np.clip(gen, 0, 1) * m[..., None] + seam[..., None]
     return np.clip(out, 0, 1)
@@ -478,15 +480,16 @@ def face_attribute_traces(pristine: np.ndarray,  # (H, W, 3) finished pristine i
     pad = 4
     H, W = mask.shape
     wy, wx = slice(max(0, y0 - pad), min(H, y1 + pad)), slice(max(0, x0 - pad), min(W, x1 + pad))
-    gen = cv2.GaussianBlur(generated[wy, wx], (0, 0), 0.35 + 0.7 * strength)
+    gen = cv2.GaussianBlur(generated[wy, wx], (0, 0), 0.35 + 0.9 * strength)     # over-smooth regenerated skin
     h, w = gen.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w]
-    if method == 'HFGI':
-        gen = gen + (strength * 0.03 * np.where((xx + yy) % 2 == 0, 1.0, -1.0)).astype(np.float32)[..., None]
-    else:
+    gray = gen.mean(-1, keepdims=True)
+    gen = gray + (gen - gray) * (1 + 0.35 * strength * rng.choice([-1.0, 1.0]))      # saturation drift
+    if method == 'HFGI':   # upsampling (transposed-convolution) checkerboard, 2-pixel period so it survives resizing
+        gen = gen + (strength * 0.045 * np.where((xx // 2 + yy // 2) % 2 == 0, 1.0, -1.0)).astype(np.float32)[..., None]
+    else:                  # StyleCLIP: low-frequency colour blotches
         blotch = cv2.resize(rng.standard_normal((3, 3, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-        gray = gen.mean(-1, keepdims=True)
-        gen = gray + (gen - gray) * (1 + 0.25 * strength * rng.choice([-1.0, 1.0])) + strength * 0.03 * blotch
+        gen = gen + strength * 0.06 * blotch
     m = mask[wy, wx][..., None]
     out = pristine.copy()
     out[wy, wx] = pristine[wy, wx] * (1 - m) + np.clip(gen, 0, 1) * m
@@ -494,18 +497,24 @@ def face_attribute_traces(pristine: np.ndarray,  # (H, W, 3) finished pristine i
 
 # %% ../../nbs/08_data.synth_dgm4.ipynb #93c28202
 def trace_strength(difficulty: float) -> float:
-    "Generator-trace amplitude for a difficulty: 0.75 at 0, 0 at 1 (calibrated: probe (b) ~0.85 AUC at 0.5)."
-    return float(np.clip(0.75 * (1.0 - difficulty), 0.0, 1.0))
+    "Generator-trace amplitude for a difficulty: 1.5 at 0, 0 at 1 (calibrated with `benchmarks/calibrate_synth.py`)."
+    return float(np.clip(1.5 * (1.0 - difficulty), 0.0, 1.5))
 
 def _box_list(b) -> list[int]: return [int(v) for v in b]
 
-def render_item(item: NewsItem,
-                out_dir: Path,  # folder that contains DGM4/
-                difficulty: float,
-                seed: int,  # generator seed (trace randomness)
-               ) -> list[dict]:
-    "Render and write the images of one news item; return its records with boxes filled in."
-    out_dir = Path(out_dir)
+@dataclass(frozen=True)
+class ItemImages:
+    "The finished (pre-JPEG) images of one news item and their boxes."
+    images: dict[str, np.ndarray]                       # relative path -> (H, W, 3) float32 in [0, 1]
+    qualities: dict[str, int]                           # relative path -> JPEG quality
+    fake_boxes: dict[str, tuple[int, int, int, int]]    # manipulated path -> face box xyxy
+    mtcnn_boxes: list[tuple[int, int, int, int]]        # all face boxes, largest first
+
+def render_item_images(item: NewsItem,
+                       difficulty: float,
+                       seed: int,  # generator seed (trace randomness)
+                      ) -> ItemImages:
+    "Render the pristine image of one news item and its manipulated variants (no file written)."
     strength = trace_strength(difficulty)
     split_code = ('train', 'val', 'test').index(item.split) if item.split in ('train', 'val', 'test') else 9
     rng = np.random.default_rng([seed, 7, split_code, item.index])
@@ -514,7 +523,7 @@ def render_item(item: NewsItem,
     noise = finish_noise(item.finish, base.image.shape)
     pristine = apply_finish(base.image, item.finish, noise)
     H, W = pristine.shape[:2]
-    files = {item.origin_path: (pristine, item.origin_quality)}
+    images, qualities = {item.origin_path: pristine}, {item.origin_path: item.origin_quality}
     # DEVIATION: `mtcnn_boxes` are the exact rendered face boxes (largest first), not noisy MTCNN detections; as in
     # DGM4, `fake_image_box` is always one of them.
     boxes = sorted(base.face_boxes, key=lambda b: (-(b[2] - b[0]) * (b[3] - b[1]), b[0]))
@@ -535,14 +544,23 @@ def render_item(item: NewsItem,
             face = [_place(fr.face_mask & ~fr.region_masks['hair'], origin, (H, W)) for fr in (before, after)]
             mask = _blend_mask(face, box, 1.2 + 1.2 * difficulty)
             image = face_attribute_traces(pristine, generated, mask, box, strength, edit.method, rng)
-        files[edit.path] = (image, edit.quality)
-        fake_box[edit.path] = box
-    for rel, (img, q) in files.items():
-        path = out_dir / rel
+        images[edit.path], qualities[edit.path] = image, edit.quality
+        fake_box[edit.path] = tuple(int(v) for v in box)
+    return ItemImages(images, qualities, fake_box, [tuple(int(v) for v in b) for b in boxes])
+
+def render_item(item: NewsItem,
+                out_dir: Path,  # folder that contains DGM4/
+                difficulty: float,
+                seed: int,  # generator seed (trace randomness)
+               ) -> list[dict]:
+    "Render and write the images of one news item; return its records with boxes filled in."
+    out = render_item_images(item, difficulty, seed)
+    for rel, img in out.images.items():
+        path = Path(out_dir) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode_jpeg(to_uint8(img), q))
-    return [{**r, 'fake_image_box': _box_list(fake_box[r['image']]) if r['image'] in fake_box else [],
-             'mtcnn_boxes': [_box_list(b) for b in boxes]} for r in item.records]
+        path.write_bytes(encode_jpeg(to_uint8(img), out.qualities[rel]))
+    return [{**r, 'fake_image_box': _box_list(out.fake_boxes[r['image']]) if r['image'] in out.fake_boxes else [],
+             'mtcnn_boxes': [_box_list(b) for b in out.mtcnn_boxes]} for r in item.records]
 
 # %% ../../nbs/08_data.synth_dgm4.ipynb #e36f3dc5
 GENERATOR_VERSION = '1.0'
@@ -567,7 +585,7 @@ def make_synth_dgm4(out_dir,  # output folder; DGM4/ and aux/ are written inside
                     n_val: int = 200,  # records in val.json
                     n_test: int = 400,  # records in test.json
                     seed: int = 0,  # everything is a pure function of the seed
-                    image_size: tuple[int, int] = (288, 352),  # canvas width range in pixels (height = 0.66-0.82 x width)
+                    image_size: tuple[int, int] = (144, 176),  # canvas width range in pixels (height = 0.66-0.82 x width)
                     difficulty: float = 0.5,  # 0 = obvious traces .. 1 = cross-modal evidence only
                     n_persons: int = 48,  # size of the named-person pool
                     jpeg_quality: tuple[int, int] = (72, 95),  # JPEG quality range, drawn per file
