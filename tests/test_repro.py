@@ -77,6 +77,7 @@ def test_parameters_are_typed_scalars_with_help(nb):
     for node, line in zip(tree.body, [l for l in src.splitlines() if l.strip()]):
         assert isinstance(node, ast.AnnAssign) and node.annotation.id in ("str", "int", "float", "bool"), line
         assert isinstance(node.value, ast.Constant) and "  # " in line, f"{nb.name}: {line!r} needs a scalar default and a help comment"
+        assert "'" not in line.split("#", 1)[1], f"{nb.name}: {line!r}: papermill cannot parse an apostrophe in the comment"
 
 
 def test_base_yaml_mirrors_train_notebook():
