@@ -36,8 +36,10 @@ browser:
 test: setup browser
 	$(PY) -m pytest tests -ra
 
+# Every paper table on the synthetic twins (tiny models, CPU); finished rows are reused, REPRO_ARGS=--force reruns them.
+# Real data: $(VENV)/bin/forgrepro reproduce --data /path/to/DGM4 --mmtt /path/to/MMTT --scale paper --device cuda
 reproduce: setup
-	$(VENV)/bin/forgrepro reproduce --data synthetic --scale tiny --device cpu
+	$(VENV)/bin/forgrepro reproduce --data synthetic --scale tiny --device cpu --threads 2 $(REPRO_ARGS)
 
 demo: setup
 	$(VENV)/bin/forgrepro demo
