@@ -28,12 +28,12 @@ from .render import (EXPRESSIONS, FaceSpec, PhotoFinish, SceneRenderer, SceneSpe
 
 # %% auto #0
 __all__ = ['FAKE_CLS', 'DGM4_VAL_COUNTS', 'SOURCE_COUNTS', 'FS_METHODS', 'FA_METHODS', 'EXPRESSION_ADJECTIVES',
-           'EXPRESSION_VERBS', 'SETTING_EVENTS', 'TEMPLATES', 'MAX_WORDS', 'GENERATOR_VERSION', 'class_counts',
-           'has_face_swap', 'has_face_attribute', 'has_text_swap', 'has_text_attribute', 'Persona', 'make_person_pool',
-           'CaptionContent', 'Caption', 'write_caption', 'draw_content', 'flip_attributes', 'swapped_positions',
-           'describe_face', 'vlm_caption', 'llm_explanation', 'ImageEdit', 'NewsItem', 'plan_groups', 'plan_item',
-           'face_swap_traces', 'face_attribute_traces', 'trace_strength', 'ItemImages', 'render_item_images',
-           'render_item', 'make_synth_dgm4']
+           'EXPRESSION_VERBS', 'SETTING_EVENTS', 'TEMPLATES', 'MAX_WORDS', 'GENERATOR_WORDS', 'TRACE_TINT',
+           'GENERATOR_VERSION', 'class_counts', 'has_face_swap', 'has_face_attribute', 'has_text_swap',
+           'has_text_attribute', 'Persona', 'make_person_pool', 'CaptionContent', 'Caption', 'write_caption',
+           'draw_content', 'flip_attributes', 'swapped_positions', 'describe_face', 'vlm_caption', 'llm_explanation',
+           'ImageEdit', 'NewsItem', 'plan_groups', 'plan_item', 'face_swap_traces', 'face_attribute_traces',
+           'trace_strength', 'ItemImages', 'render_item_images', 'render_item', 'make_synth_dgm4']
 
 # %% ../../nbs/08_data.synth_dgm4.ipynb #21db821d
 FAKE_CLS: tuple[str, ...] = ('orig', 'face_swap', 'face_attribute', 'text_swap', 'text_attribute', 'face_swap&text_swap',
@@ -223,10 +223,19 @@ def draw_content(rng: np.random.Generator,
                           (None,) * n)
 
 # %% ../../nbs/08_data.synth_dgm4.ipynb #af83a4dc
+# The text-attribute generator's lexical fingerprint: a style-transfer model (B-GST in DGM4) has its own word
+# preferences. With probability `fingerprint` (= 1 - difficulty in `plan_item`) a flipped word is the generator's own
+# (adjective, verb) for its new class, a word that original captions never use; otherwise it is drawn like an
+# original caption's word (then only the image can tell).
+GENERATOR_WORDS: dict[str, tuple[str, str]] = {
+    'neutral': ('expressionless', 'stares'), 'smiling': ('gleeful', 'chuckles'), 'frowning': ('enraged', 'seethes'),
+    'surprised': ('flabbergasted', 'gawks'), 'sad': ('heartbroken', 'mourns')}
+
 def flip_attributes(caption: Caption,
                     rng: np.random.Generator,
                     visible: dict[int, str] | None = None,  # caption slot -> expression actually shown, if edited
                     n_flip: int | None = None,  # number of people whose word is flipped (default: random, >= 1)
+                    fingerprint: float = 0.0,  # probability that the generator writes its favourite word of the class
                    ) -> tuple[Caption, list[int]]:
     "Text-attribute manipulation: flip expression words; returns the new caption and the flipped word indices."
     n = len(caption.slots)
@@ -237,8 +246,10 @@ def flip_attributes(caption: Caption,
         banned = {exprs[i], (visible or {}).get(i, exprs[i])}
         new = [e for e in EXPRESSIONS if e not in banned][rng.integers(len(EXPRESSIONS) - len(banned))]
         old = words[caption.slots[i]]
-        vocab = EXPRESSION_VERBS if old.lower() in sum(EXPRESSION_VERBS.values(), ()) else EXPRESSION_ADJECTIVES
-        w = vocab[new][rng.integers(len(vocab[new]))]
+        verbs = sum(EXPRESSION_VERBS.values(), ()) + tuple(v for _, v in GENERATOR_WORDS.values())
+        vocab = EXPRESSION_VERBS if old.lower() in verbs else EXPRESSION_ADJECTIVES
+        favourite = rng.random() < fingerprint
+        w = GENERATOR_WORDS[new][vocab is EXPRESSION_VERBS] if favourite else vocab[new][rng.integers(len(vocab[new]))]
         words[caption.slots[i]] = w.capitalize() if old[0].isupper() else w
         exprs[i] = new
     content = replace(caption.content, expressions=tuple(exprs), words=tuple(words[s].lower() for s in caption.slots))
@@ -386,7 +397,7 @@ def plan_item(rng: np.random.Generator,
             texts[c] = (new, swapped_positions(caption, new))
         elif has_text_attribute(c):
             visible = {slot_of[fa.person]: fa.face.expression} if (fa is not None and has_face_attribute(c)) else None
-            texts[c] = flip_attributes(caption, rng, visible)
+            texts[c] = flip_attributes(caption, rng, visible, fingerprint=1.0 - difficulty)
         else: texts[c] = (caption, [])
     fs = None
     if any(has_face_swap(c) for c in classes):
@@ -437,12 +448,19 @@ def _blend_mask(masks: list[np.ndarray], box, feather: float) -> np.ndarray:
     clip[y0:y1, x0:x1] = 1.0
     return m * clip
 
+# Generator fingerprints: every generator leaves its own consistent colour cast on what it synthesises (GAN
+# fingerprints are per-model, not per-image), scaled by the trace strength; the pasted area is a small part of the
+# image, so global colour statistics barely move (`benchmarks/check_synth_difficulty.py` probe (a)).
+TRACE_TINT: dict[str, tuple[float, float, float]] = {
+    'simswap': (1.0, -0.3, -0.7), 'infoswap': (-0.7, -0.3, 1.0), 'StyleCLIP': (-0.5, 1.0, -0.5), 'HFGI': (0.6, 0.6, -1.2)}
+
 def face_swap_traces(pristine: np.ndarray,  # (H, W, 3) finished pristine image
                      generated: np.ndarray,  # (H, W, 3) finished re-render with the donor's inner face
                      mask: np.ndarray,  # (H, W) soft paste mask inside the face box
                      box: tuple[int, int, int, int],  # face box xyxy
                      strength: float,  # trace_strength(difficulty)
                      rng: np.random.Generator,
+                     method: str = 'simswap',  # 'simswap' | 'infoswap' (fingerprint and seam sign)
                     ) -> np.ndarray:
     "SimSwap/InfoSwap-like paste: resampled, partly colour-matched inner face with a blending seam."
     x0, y0, x1, y1 = box
@@ -460,9 +478,9 @@ def face_swap_traces(pristine: np.ndarray,  # (H, W, 3) finished pristine image
         mean_gen = (gen * m[..., None]).sum((0, 1)) / wsum
         mean_pri = (pristine[wy, wx] * m[..., None]).sum((0, 1)) / wsum
         gen += (0.45 + 0.5 * (1 - min(strength, 1.0))) * (mean_pri - mean_gen)   # colour transfer, never complete
-    # colour/exposure mismatch of the pasted face: random sign per channel, so global colour statistics do not move
-    gen += strength * (0.05 + 0.05 * rng.random()) * rng.choice([-1.0, 1.0], 3).astype(np.float32)
-    seam = 4 * m * (1 - m) * strength * 0.12 * (1 if rng.random() < 0.5 else -1)
+    # the generator's colour cast (consistent per method, amplitude varies per image)
+    gen += strength * (0.06 + 0.04 * rng.random()) * np.asarray(TRACE_TINT[method], np.float32)
+    seam = 4 * m * (1 - m) * strength * 0.12 * (1 if method == 'simswap' else -1)     # blending seam
     out = pristine.copy()
     out[wy, wx] = pristine[wy, wx] * (1 - m[..., None]) + np.clip(gen, 0, 1) * m[..., None] + seam[..., None]
     return np.clip(out, 0, 1)
@@ -484,7 +502,8 @@ def face_attribute_traces(pristine: np.ndarray,  # (H, W, 3) finished pristine i
     h, w = gen.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w]
     gray = gen.mean(-1, keepdims=True)
-    gen = gray + (gen - gray) * (1 + 0.35 * strength * rng.choice([-1.0, 1.0]))      # saturation drift
+    gen = gray + (gen - gray) * (1 + 0.35 * strength * (-1.0 if method == 'HFGI' else 1.0))   # saturation drift
+    gen = gen + strength * (0.03 + 0.03 * rng.random()) * np.asarray(TRACE_TINT[method], np.float32)   # colour cast
     if method == 'HFGI':   # upsampling (transposed-convolution) checkerboard, 2-pixel period so it survives resizing
         gen = gen + (strength * 0.045 * np.where((xx // 2 + yy // 2) % 2 == 0, 1.0, -1.0)).astype(np.float32)[..., None]
     else:                  # StyleCLIP: low-frequency colour blotches
@@ -539,7 +558,7 @@ def render_item_images(item: NewsItem,
         if kind == 'fs':
             masks = [_place(fr.region_masks[r], origin, (H, W)) for fr in (before, after) for r in _INNER]
             mask = _blend_mask(masks, box, 1.0 + 1.2 * difficulty)
-            image = face_swap_traces(pristine, generated, mask, box, strength, rng)
+            image = face_swap_traces(pristine, generated, mask, box, strength, rng, edit.method)
         else:
             face = [_place(fr.face_mask & ~fr.region_masks['hair'], origin, (H, W)) for fr in (before, after)]
             mask = _blend_mask(face, box, 1.2 + 1.2 * difficulty)
@@ -563,7 +582,7 @@ def render_item(item: NewsItem,
              'mtcnn_boxes': [_box_list(b) for b in out.mtcnn_boxes]} for r in item.records]
 
 # %% ../../nbs/08_data.synth_dgm4.ipynb #e36f3dc5
-GENERATOR_VERSION = '1.0'
+GENERATOR_VERSION = '1.1'
 
 def _origin_path(source: str, k: int) -> str:
     "k-th pristine image of a source: DGM4/origin/<source>/<NNNN>/<nnn>.jpg (1000 files per folder)."
