@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accelerate: train each row with `accelerate launch` on --num-processes processes first")
     r.add_argument("--num-processes", type=int, default=0, help="accelerate processes (0 = every visible GPU, else 1)")
     r.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default)")
+    r.add_argument("--jobs", type=int, default=1, help="rows run at once, each in its own process (e.g. 2 on a 2-core CPU)")
     r.add_argument("--runs", default="runs", help="root of the run folders")
     r.add_argument("--reports", default="reports", help="root of the rendered tables")
     r.add_argument("--no-figures", action="store_true", help="skip nbs/experiments/figures.ipynb")
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     res = repro.reproduce(args.tables or None, data=args.data, mmtt=args.mmtt, scale=args.scale, device=args.device,
                           presets=args.preset, force=args.force, launcher=args.launcher,
-                          num_processes=_num_processes(args.num_processes, args.device), threads=args.threads,
+                          num_processes=_num_processes(args.num_processes, args.device), threads=args.threads, jobs=args.jobs,
                           runs_root=args.runs, reports_root=args.reports, figures=not args.no_figures,
                           dataset_card=args.dataset_card)
     print(f"tables in {res['reports']}: ran {len(res['ran'])}, reused {len(res['skipped'])}, not run {len(res['failed'])}")

@@ -300,7 +300,10 @@ def synthetic_dataset(kind: str,  # 'dgm4' | 'mmtt'
     spec = load_yaml(cfg_dir / "data" / "synthetic.yaml")
     try: params = {**spec[kind][scale], **dict(generator_overrides or {})}
     except KeyError: raise KeyError(f"configs/data/synthetic.yaml has no {kind}.{scale} section") from None
-    out = Path(cache_dir or default_cache_dir()) / "synthetic" / f"{kind}-{_key(params)}"
+    if kind not in ("dgm4", "mmtt"): raise ValueError(f"kind must be 'dgm4' or 'mmtt', got {kind!r}")
+    import importlib
+    version = importlib.import_module(f"forgrepro.data.synth_{kind}").GENERATOR_VERSION   # a new generator, a new folder
+    out = Path(cache_dir or default_cache_dir()) / "synthetic" / f"{kind}-{_key({**params, 'generator': version})}"
     root = out / ("dataset" if kind == "mmtt" else "")
     if (out / ".done").is_file(): return root
     t0 = time.perf_counter()
@@ -507,6 +510,7 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
               launcher: str = "papermill",
               num_processes: int = 1,
               threads: int = 0,  # torch threads inside each run (0 = torch's default)
+              jobs: int = 1,  # rows run at once, each in its own process (CPU: e.g. 2 jobs x 1 thread on 2 cores)
               runs_root: str | os.PathLike = "runs",
               reports_root: str | os.PathLike = "reports",
               figures: bool = True,  # run nbs/experiments/figures.ipynb after the rows
@@ -532,9 +536,8 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
         return roots[kind]
     from forgrepro.experiment import method_spec
     metrics, run_dirs, ran, skipped, failed = {}, {}, [], [], {}
-    bar = tqdm(runs, desc="rows", unit="row", disable=not progress)
-    for rid in bar:
-        bar.set_postfix_str(rid)
+    todo: list[tuple[str, dict]] = []
+    for rid in runs:                      # resolve every row first (generates the synthetic data once, here)
         row = load_row(rid, cfg_dir)
         kind = method_spec(row.method).dataset
         if kind == "mmtt":
@@ -543,14 +546,31 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
                 failed[rid] = "forgrepro.methods.forgerytalker is not installed"; continue
         root = root_for(kind)
         if root is None: failed[rid] = f"no {kind} data (give --mmtt PATH)"; continue
-        params = resolve_params(row, scale, presets=presets, cfg_dir=cfg_dir,
-                                extra={"data": str(root), "run_dir": str(runs_dir / rid), "device": device, "threads": threads})
-        try: m, did = run_row(params, force=force, launcher=launcher, num_processes=num_processes)
+        todo.append((rid, resolve_params(row, scale, presets=presets, cfg_dir=cfg_dir,
+                                         extra={"data": str(root), "run_dir": str(runs_dir / rid), "device": device,
+                                                "threads": threads})))
+    def done(rid: str, get: Callable[[], tuple[dict, bool]]) -> None:
+        try: m, did = get()
         except Exception as e:
             failed[rid] = f"{type(e).__name__}: {e}".splitlines()[0][:300]; log(f"[forgrepro.repro] {rid} failed: {failed[rid]}")
-            continue
+            return
         metrics[rid], run_dirs[rid] = m, runs_dir / rid
         (ran if did else skipped).append(rid)
+    bar = tqdm(total=len(todo), desc="rows", unit="row", disable=not progress)
+    kw = dict(force=force, launcher=launcher, num_processes=num_processes)
+    if jobs <= 1:
+        for rid, params in todo:
+            bar.set_postfix_str(rid)
+            done(rid, lambda: run_row(params, **kw)); bar.update()
+    else:   # each row in a fresh process (its own papermill kernel); results arrive as rows finish
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
+            futures = {ex.submit(run_row, params, **kw): rid for rid, params in todo}
+            for fut in as_completed(futures):
+                bar.set_postfix_str(futures[fut])
+                done(futures[fut], fut.result); bar.update()
+    bar.close()
     if figures and metrics:
         try:
             execute_notebook(repo_root() / "nbs" / "experiments" / "figures.ipynb", out_dir / "figures" / "figures.ipynb",
