@@ -383,3 +383,23 @@ def test_forgerytalker_run_load_explain(tmp_path):
     out = explain(model, Image.fromarray(np.zeros((50, 40, 3), np.uint8)))
     assert out["mask"].shape == (50, 40) and out["mask"].dtype == bool and isinstance(out["explanation"], str)
     assert set(out["regions"]) <= set(REGIONS) and len(out["region_probs"]) == 21
+
+
+def test_param_groups_per_module_lr(ltok, qtok):
+    "tiny: mask branch and vision encoder at their own lr, every trainable tensor in exactly one group; unset = one lr."
+    cfg = forgerytalker_tiny()
+    model = build(cfg, ltok, qtok)
+    groups = ForgeryTalkerTask(cfg).param_groups(model)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(lr_of) == sum(len(g["params"]) for g in groups) == len(trainable)  # no duplicates, nothing left out
+    for n, p in trainable:
+        top = n.split(".", 1)[0]
+        want = {"mask_decoder": cfg.mask_lr, "region_prompt_encoder": cfg.mask_lr, "vision_model": cfg.vision_lr}.get(top, cfg.lr)
+        assert lr_of[id(p)] == want, n
+    assert cfg.mask_lr != cfg.lr and cfg.vision_lr != cfg.lr
+    assert all(g["weight_decay"] == 0.0 for g in groups if g["name"].endswith("no_decay"))
+    paper_like = replace(cfg, mask_lr=None, vision_lr=None)
+    plain = ForgeryTalkerTask(paper_like).param_groups(model)
+    assert [g["name"] for g in plain] == ["decay", "no_decay"] and {g["lr"] for g in plain} == {cfg.lr}
+    assert (forgerytalker_paper().mask_lr, forgerytalker_paper().vision_lr) == (None, None)
