@@ -319,7 +319,9 @@ def _optimizer(model: nn.Module, groups: list[dict], cfg: TrainConfig) -> torch.
             seen[id(p)] = i
     left = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
     if left: warnings.warn(f"{len(left)} trainable parameters are in no param group and will not be updated: {left[:5]}")
-    return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    # foreach=True: torch's multi-tensor update (its default on CUDA; on CPU ~40 % faster than the per-tensor loop)
+    return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             foreach=True)
 
 def _add_issues(report: IssueReport, items) -> None:
     "Add data issues, each distinct one once (a bad sample is met again every epoch)."
