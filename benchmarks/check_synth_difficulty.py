@@ -9,7 +9,12 @@ Three probes on a generated set (default parameters unless told otherwise):
     (pristine faces vs the manipulated face of FS/FA images), train split -> test split AUC.
     Target at the default difficulty: clearly above chance, not perfect (~0.7-0.9).
 (c) TEXT alone -> bag-of-words (1-2 grams) logistic regression, text-manipulated (TS/TA and combos) vs not,
-    train -> test AUC. Target: near chance (text manipulations are only detectable against the image).
+    train -> test AUC. Target: near chance at difficulty 1 (text manipulations only detectable against the image);
+    below it the text-attribute generator's own words (generator 1.1, probability 1 - difficulty) leak a little.
+
+Measured 2026-11-23 (generator 1.1, 1 thread, --cnn-seconds 20):
+    default set (difficulty 0.5, 1800/200/400):              (a) 0.544  (b) 0.931  (c) 0.566
+    reproduction set (difficulty 0, 1200/128/320, cached by `forgrepro reproduce`): (a) 0.555  (b) 0.988  (c) 0.604
 
 Usage:
     python benchmarks/check_synth_difficulty.py                    # generate the default set in a temp dir

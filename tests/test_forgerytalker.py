@@ -374,6 +374,10 @@ def test_forgerytalker_run_load_explain(tmp_path):
     on_disk = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert on_disk["SPICE"] is None and on_disk["CIDEr"] == pytest.approx(m["CIDEr"])
     assert json.loads((tmp_path / "full" / "method.json").read_text())["method"] == "forgerytalker"
+    z = np.load(tmp_path / "full" / "region_predictions.npz", allow_pickle=False)      # for the FPN confusion figure
+    assert z["pred"].shape == z["gt"].shape and z["pred"].shape[1] == 21 and list(z["regions"]) == list(REGIONS)
+    preds = json.loads((tmp_path / "full" / "predictions.json").read_text())
+    assert len(preds) == z["pred"].shape[0] and all(isinstance(v, str) for v in preds.values())
     fpn_files = sorted((tmp_path / "fpn").rglob("model.safetensors"))
     stamp = [f.stat().st_mtime_ns for f in fpn_files]
     assert "no_mask_decoder" in FORGERYTALKER_ABLATIONS

@@ -1213,7 +1213,12 @@ def forgerytalker_run(data_root: str | os.PathLike,  # MMTT-format folder (annot
     if validate: load_checkpoint(_weights_dir(out / "stage2"), model)
     # generation + evaluation on the test split
     task = ForgeryTalkerTask(cfg, llm_tokenizer=ltok, qformer_tokenizer=qtok, caption_metrics=caption_metrics)
-    m = evaluate(model, task.evaluator(), _loader(ds("test"), 32, False))
+    ev = task.evaluator()
+    m = evaluate(model, ev, _loader(ds("test"), 32, False))
+    save_json({str(k): v for k, v in ev.predictions.items()}, out / "predictions.json")     # generated explanations
+    if ev.fpn_pred:   # the FPN's test-set regions, for the region-prompt confusion figure
+        np.savez(out / "region_predictions.npz", pred=torch.cat(ev.fpn_pred).numpy(), gt=torch.cat(ev.fpn_gt).numpy(),
+                 regions=np.array(REGIONS))
     names = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
     ordered = {k: m.get(k) for k in names} | {"SPICE": None} | m  # SPICE: needs a download (never computed)
     metrics: dict[str, float | None] = {k: None if v is None or v != v else v for k, v in ordered.items()}
