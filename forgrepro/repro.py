@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -28,8 +29,8 @@ from .core import env_record, git_sha, load_json, save_json
 __all__ = ['SCALES', 'ROW_META', 'NOT_PUBLISHED', 'NOT_REPRODUCED', 'SYNTHETIC_BANNER', 'CSV_FIELDS', 'CACHE_IGNORED',
            'TRAIN_SCALARS', 'repo_root', 'load_yaml', 'stack_params', 'RowConfig', 'load_row', 'resolve_params',
            'TableRow', 'TableDef', 'load_tables', 'PaperValue', 'load_paper_numbers', 'table_cells', 'legend',
-           'render_markdown', 'render_latex', 'render_csv', 'default_cache_dir', 'synthetic_dataset', 'cache_key',
-           'is_cached', 'kernel_name', 'execute_notebook', 'accelerate_command', 'run_row', 'row_spec',
+           'render_markdown', 'render_latex', 'render_csv', 'default_cache_dir', 'synthetic_dataset', 'recipe_of',
+           'cache_key', 'is_cached', 'kernel_name', 'execute_notebook', 'accelerate_command', 'run_row', 'row_spec',
            'save_dgm4_predictions', 'data_key', 'plan', 'render_reports', 'reproduce']
 
 # %% ../nbs/50_repro.ipynb #e3770d28
@@ -322,10 +323,20 @@ def synthetic_dataset(kind: str,  # 'dgm4' | 'mmtt'
 # %% ../nbs/50_repro.ipynb #83b1afcf
 CACHE_IGNORED = ("run_dir", "device", "force", "threads", "data")  # do not change what a run computes
 
+def recipe_of(params: Mapping[str, Any]) -> dict | None:
+    "The resolved model overrides and training config of a row (what the scale's recipe in code adds to the params)."
+    try:
+        spec = row_spec(params)
+        train = dataclasses.asdict(spec.train_config("."))
+    except (KeyError, ValueError, TypeError): return None   # e.g. a method without a registry recipe
+    return {"model": {k: spec.model_overrides()[k] for k in sorted(spec.model_overrides())},
+            "train": {k: v for k, v in train.items() if k != "out_dir"}}
+
 def cache_key(params: Mapping[str, Any], fingerprint: str) -> str:
-    "SHA-1 of the resolved parameters that change a result, plus the data fingerprint."
+    "SHA-1 of the resolved parameters that change a result, the recipe they resolve to in code, and the data fingerprint."
     return hashlib.sha1(json.dumps({"params": {k: v for k, v in params.items() if k not in CACHE_IGNORED},
-                                    "data": fingerprint}, sort_keys=True).encode()).hexdigest()
+                                    "recipe": recipe_of(params), "data": fingerprint},
+                                   sort_keys=True, default=str).encode()).hexdigest()
 
 def is_cached(run_dir: str | os.PathLike, key: str) -> bool:
     "True when `run_dir` holds a finished run with this cache key."
