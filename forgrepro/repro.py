@@ -26,12 +26,12 @@ import yaml
 from .core import env_record, git_sha, load_json, save_json
 
 # %% auto #0
-__all__ = ['SCALES', 'ROW_META', 'NOT_PUBLISHED', 'NOT_REPRODUCED', 'SYNTHETIC_BANNER', 'CSV_FIELDS', 'CACHE_IGNORED',
-           'TRAIN_SCALARS', 'repo_root', 'load_yaml', 'stack_params', 'RowConfig', 'load_row', 'resolve_params',
+__all__ = ['SCALES', 'ROW_META', 'NOT_PUBLISHED', 'NOT_REPRODUCED', 'SYNTHETIC_BANNER', 'CSV_FIELDS', 'TRAIN_SCALARS',
+           'CACHE_IGNORED', 'repo_root', 'load_yaml', 'stack_params', 'RowConfig', 'load_row', 'resolve_params',
            'TableRow', 'TableDef', 'load_tables', 'PaperValue', 'load_paper_numbers', 'table_cells', 'legend',
-           'render_markdown', 'render_latex', 'render_csv', 'default_cache_dir', 'synthetic_dataset', 'recipe_of',
-           'cache_key', 'is_cached', 'kernel_name', 'execute_notebook', 'accelerate_command', 'run_row', 'row_spec',
-           'save_dgm4_predictions', 'data_key', 'plan', 'render_reports', 'reproduce']
+           'render_markdown', 'render_latex', 'render_csv', 'default_cache_dir', 'synthetic_dataset', 'row_spec',
+           'save_dgm4_predictions', 'recipe_of', 'cache_key', 'is_cached', 'kernel_name', 'execute_notebook',
+           'accelerate_command', 'run_row', 'data_key', 'plan', 'render_reports', 'reproduce']
 
 # %% ../nbs/50_repro.ipynb #e3770d28
 def repo_root() -> Path:
@@ -320,6 +320,48 @@ def synthetic_dataset(kind: str,  # 'dgm4' | 'mmtt'
     (out / ".done").write_text("ok\n")
     return root
 
+# %% ../nbs/50_repro.ipynb #8a70a06b
+TRAIN_SCALARS = {"epochs": "epochs", "batch_size": "batch_size", "max_steps": "max_steps",
+                 "max_eval_batches": "max_eval_batches", "eval_every": "eval_every"}  # parameter -> TrainConfig field (0 = preset)
+
+def row_spec(params: Mapping[str, Any]):
+    "The `ExperimentSpec` of resolved notebook parameters (`0` training scalars keep the preset's value)."
+    from forgrepro.experiment import ExperimentSpec
+    try: overrides = json.loads(params.get("overrides_json") or "{}")
+    except json.JSONDecodeError as e: raise ValueError(f"overrides_json is not JSON: {e}") from None
+    try: train = json.loads(params.get("train_json") or "{}")
+    except json.JSONDecodeError as e: raise ValueError(f"train_json is not JSON: {e}") from None
+    train |= {f: int(params[p]) for p, f in TRAIN_SCALARS.items() if int(params.get(p, 0) or 0) > 0}
+    return ExperimentSpec(method=params["method"], scale=params["scale"], ablation=params["ablation"],
+                          overrides=overrides, train=train, seed=int(params["seed"]))
+
+def save_dgm4_predictions(run_dir: str | os.PathLike,  # a finished DGM4 run folder
+                          data_root: str | os.PathLike,
+                          *,
+                          device: str = "cpu",
+                          max_batches: int | None = None,
+                         ) -> Path:
+    "Score the test split with the run's best weights; write `predictions.npz` (label, p_fake, multi-label scores/targets, IoU, fake_cls)."
+    import numpy as np, torch
+    from forgrepro.evaluate import evaluate
+    from forgrepro.experiment import dgm4_loaders, load_trained, method_spec
+    from forgrepro.methods.dgm4 import DGM4Evaluator
+    run_dir = Path(run_dir)
+    spec, task, model = load_trained(run_dir, device)
+    loader = dgm4_loaders(data_root, method_spec(spec.method).data_needs(task), 1)["test"]()
+    ev = DGM4Evaluator(breakdown=False)
+    evaluate(model, ev, loader, max_batches=max_batches, desc="predictions")
+    d = ev.acc.data()
+    rf = d.real_fake.float()
+    p_fake = rf.softmax(-1)[:, 1] if rf.ndim == 2 else rf
+    names = np.array(["face_swap", "face_attribute", "text_swap", "text_attribute"])
+    ml = d.multi_label.numpy().astype(bool)
+    fake_cls = np.array(["orig" if not r.any() else "&".join(names[r]) for r in ml])
+    out = run_dir / "predictions.npz"
+    np.savez_compressed(out, label=d.label.numpy(), p_fake=p_fake.numpy(), multi_score=d.multicls.float().sigmoid().numpy(),
+                        multi_label=d.multi_label.numpy(), iou=d.iou.numpy(), fake_cls=fake_cls)
+    return out
+
 # %% ../nbs/50_repro.ipynb #83b1afcf
 CACHE_IGNORED = ("run_dir", "device", "force", "threads", "data")  # do not change what a run computes
 
@@ -423,48 +465,6 @@ def run_row(params: Mapping[str, Any],  # resolved notebook parameters (data and
     save_json(env, run_dir / "env.json")
     (run_dir / "cache_key").write_text(key + "\n")
     return load_json(run_dir / "metrics.json"), True
-
-# %% ../nbs/50_repro.ipynb #8a70a06b
-TRAIN_SCALARS = {"epochs": "epochs", "batch_size": "batch_size", "max_steps": "max_steps",
-                 "max_eval_batches": "max_eval_batches", "eval_every": "eval_every"}  # parameter -> TrainConfig field (0 = preset)
-
-def row_spec(params: Mapping[str, Any]):
-    "The `ExperimentSpec` of resolved notebook parameters (`0` training scalars keep the preset's value)."
-    from forgrepro.experiment import ExperimentSpec
-    try: overrides = json.loads(params.get("overrides_json") or "{}")
-    except json.JSONDecodeError as e: raise ValueError(f"overrides_json is not JSON: {e}") from None
-    try: train = json.loads(params.get("train_json") or "{}")
-    except json.JSONDecodeError as e: raise ValueError(f"train_json is not JSON: {e}") from None
-    train |= {f: int(params[p]) for p, f in TRAIN_SCALARS.items() if int(params.get(p, 0) or 0) > 0}
-    return ExperimentSpec(method=params["method"], scale=params["scale"], ablation=params["ablation"],
-                          overrides=overrides, train=train, seed=int(params["seed"]))
-
-def save_dgm4_predictions(run_dir: str | os.PathLike,  # a finished DGM4 run folder
-                          data_root: str | os.PathLike,
-                          *,
-                          device: str = "cpu",
-                          max_batches: int | None = None,
-                         ) -> Path:
-    "Score the test split with the run's best weights; write `predictions.npz` (label, p_fake, multi-label scores/targets, IoU, fake_cls)."
-    import numpy as np, torch
-    from forgrepro.evaluate import evaluate
-    from forgrepro.experiment import dgm4_loaders, load_trained, method_spec
-    from forgrepro.methods.dgm4 import DGM4Evaluator
-    run_dir = Path(run_dir)
-    spec, task, model = load_trained(run_dir, device)
-    loader = dgm4_loaders(data_root, method_spec(spec.method).data_needs(task), 1)["test"]()
-    ev = DGM4Evaluator(breakdown=False)
-    evaluate(model, ev, loader, max_batches=max_batches, desc="predictions")
-    d = ev.acc.data()
-    rf = d.real_fake.float()
-    p_fake = rf.softmax(-1)[:, 1] if rf.ndim == 2 else rf
-    names = np.array(["face_swap", "face_attribute", "text_swap", "text_attribute"])
-    ml = d.multi_label.numpy().astype(bool)
-    fake_cls = np.array(["orig" if not r.any() else "&".join(names[r]) for r in ml])
-    out = run_dir / "predictions.npz"
-    np.savez_compressed(out, label=d.label.numpy(), p_fake=p_fake.numpy(), multi_score=d.multicls.float().sigmoid().numpy(),
-                        multi_label=d.multi_label.numpy(), iou=d.iou.numpy(), fake_cls=fake_cls)
-    return out
 
 # %% ../nbs/50_repro.ipynb #e908772a
 def data_key(data: str) -> str:
