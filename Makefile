@@ -39,7 +39,7 @@ test: setup browser
 # Every paper table on the synthetic twins (tiny models, CPU); finished rows are reused, REPRO_ARGS=--force reruns them.
 # Real data: $(VENV)/bin/forgrepro reproduce --data /path/to/DGM4 --mmtt /path/to/MMTT --scale paper --device cuda
 reproduce: setup
-	$(VENV)/bin/forgrepro reproduce --data synthetic --scale tiny --device cpu --jobs 2 --threads 1 $(REPRO_ARGS)
+	$(VENV)/bin/forgrepro reproduce --data synthetic --scale tiny --device cpu --jobs 2 --threads 1 --dataset-card $(REPRO_ARGS)
 
 demo: setup
 	$(VENV)/bin/forgrepro demo

@@ -30,9 +30,9 @@ from .faces import FaceDetector, crop_faces, select_faces
 # %% auto #0
 __all__ = ['FAKE_CLS', 'MULTI_LABEL_CLASSES', 'IMAGE_MANIPULATIONS', 'TEXT_MANIPULATIONS', 'Box', 'AugName', 'multi_label',
            'is_fake', 'has_image_manipulation', 'has_text_manipulation', 'DGM4Record', 'parse_dgm4_record', 'read_dgm4',
-           'dgm4_data_root', 'find_dgm4_split', 'dgm4_image_candidates', 'resolve_dgm4_image', 'fit_box',
-           'boxes_to_cxcywh', 'RandomAugment', 'AuxTexts', 'DGM4Sample', 'DGM4Dataset', 'dgm4_sample', 'DGM4Collator',
-           'dgm4_statistics']
+           'ImagePair', 'original_pairs', 'dgm4_data_root', 'find_dgm4_split', 'dgm4_image_candidates',
+           'resolve_dgm4_image', 'fit_box', 'boxes_to_cxcywh', 'RandomAugment', 'AuxTexts', 'DGM4Sample', 'DGM4Dataset',
+           'dgm4_sample', 'DGM4Collator', 'dgm4_statistics']
 
 # %% ../../nbs/04_data.dgm4.ipynb #ebec9e79
 FAKE_CLS: tuple[str, ...] = ("orig", "face_swap", "face_attribute", "text_swap", "text_attribute",
@@ -154,6 +154,28 @@ def read_dgm4(path: str | os.PathLike,  # DGM4 metadata file (JSON array or JSON
         try: out.append(parse_dgm4_record(raw, path, index))
         except DataError as e: handle_error(e, strict, report)
     return out
+
+# %% ../../nbs/04_data.dgm4.ipynb #99f38195
+@dataclass(frozen=True)
+class ImagePair:
+    "An image-manipulated record and the pristine image of its news item."
+    fake_cls: str
+    manipulated: str     # image path (relative to the folder that contains DGM4/)
+    original: str
+
+def original_pairs(records: Sequence[DGM4Record],  # one split
+                  ) -> tuple[list[ImagePair], list[DGM4Record]]:
+    "(pairs, unpaired): each image-manipulated record with the pristine image of the same news id, by manipulated path."
+    pristine: dict[int, str] = {}
+    for r in records:
+        if not has_image_manipulation(r.fake_cls): pristine.setdefault(r.id, r.image)
+    pairs, unpaired, seen = [], [], set()
+    for r in records:
+        if not has_image_manipulation(r.fake_cls) or r.image in seen: continue
+        seen.add(r.image)
+        if r.id in pristine: pairs.append(ImagePair(r.fake_cls, r.image, pristine[r.id]))
+        else: unpaired.append(r)
+    return pairs, unpaired
 
 # %% ../../nbs/04_data.dgm4.ipynb #54161cdb
 def dgm4_data_root(root: str | os.PathLike,  # the folder containing DGM4/, or DGM4/ itself
@@ -538,6 +560,7 @@ def _faces(rec: DGM4Record, li: LoadedImage, flip: bool, issues: IssueReport, fa
     faces[:n], fmask[:n] = crops, True
     fboxes[:n] = torch.as_tensor(chosen / np.array([W, H, W, H]), dtype=torch.float32)
     return faces, fmask, fboxes
+
 
 
 # %% ../../nbs/04_data.dgm4.ipynb #9047d873
