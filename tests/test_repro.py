@@ -183,21 +183,15 @@ def test_dataset_card_notebook(e2e):
 def test_lpips_pairs_path(e2e):
     "The dataset card's LPIPS path on real pairs, with a random AlexNet (no weights needed): 0 for identical images."
     import lpips
-    import numpy as np
-    import torch
-    from PIL import Image
-    from forgrepro.data.dgm4 import original_pairs, read_dgm4
+    from forgrepro.data.dgm4 import ImagePair, original_pairs, pairs_lpips, read_dgm4
     d, kw, _ = e2e
     root = repro.synthetic_dataset("dgm4", cache_dir=d / "cache", generator_overrides=TINY_DGM4)
     pairs, unpaired = original_pairs(read_dgm4(root / "DGM4" / "metadata" / "test.json"))
     assert pairs and all(p.fake_cls.startswith(("face_swap", "face_attribute")) for p in pairs)
     model = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)   # random backbone: a code-path check only
-    load = lambda p: torch.from_numpy(np.asarray(Image.open(root / p).convert("RGB").resize((64, 64)), np.float32)
-                                      / 127.5 - 1).permute(2, 0, 1)[None]
-    with torch.inference_mode():
-        same = float(model(load(pairs[0].original), load(pairs[0].original)))
-        diff = float(model(load(pairs[0].manipulated), load(pairs[0].original)))
-    assert same == pytest.approx(0.0, abs=1e-6) and diff > 0
+    same = [ImagePair(p.fake_cls, p.original, p.original) for p in pairs[:4]]
+    assert pairs_lpips(same, root, model, size=64) == pytest.approx(0.0, abs=1e-6)
+    assert pairs_lpips(pairs, root, model, n=4, size=64) > 0
 
 
 def test_accelerate_two_gloo_processes(e2e, tmp_path):

@@ -30,7 +30,7 @@ from .faces import FaceDetector, crop_faces, select_faces
 # %% auto #0
 __all__ = ['FAKE_CLS', 'MULTI_LABEL_CLASSES', 'IMAGE_MANIPULATIONS', 'TEXT_MANIPULATIONS', 'Box', 'AugName', 'multi_label',
            'is_fake', 'has_image_manipulation', 'has_text_manipulation', 'DGM4Record', 'parse_dgm4_record', 'read_dgm4',
-           'ImagePair', 'original_pairs', 'dgm4_data_root', 'find_dgm4_split', 'dgm4_image_candidates',
+           'ImagePair', 'original_pairs', 'pairs_lpips', 'dgm4_data_root', 'find_dgm4_split', 'dgm4_image_candidates',
            'resolve_dgm4_image', 'fit_box', 'boxes_to_cxcywh', 'RandomAugment', 'AuxTexts', 'DGM4Sample', 'DGM4Dataset',
            'dgm4_sample', 'DGM4Collator', 'dgm4_statistics']
 
@@ -176,6 +176,21 @@ def original_pairs(records: Sequence[DGM4Record],  # one split
         if r.id in pristine: pairs.append(ImagePair(r.fake_cls, r.image, pristine[r.id]))
         else: unpaired.append(r)
     return pairs, unpaired
+
+def pairs_lpips(pairs: Sequence[ImagePair],  # from `original_pairs`
+                root: str | os.PathLike,  # folder that contains DGM4/
+                model: Callable,  # an `lpips.LPIPS` network: (B,3,H,W) x2 in [-1, 1] -> (B,1,1,1)
+                n: int = 32,  # pairs scored (the first n)
+                size: int = 128,  # both images resized to size x size (a manipulated image keeps its original's size)
+               ) -> float:
+    "Mean LPIPS(manipulated, original) over the first `n` pairs (NaN when there is none)."
+    pairs = list(pairs)[:n]
+    if not pairs: return float("nan")
+    def load(rel: str) -> torch.Tensor:
+        im = Image.open(Path(root) / rel).convert("RGB").resize((size, size), Image.BICUBIC)
+        return torch.from_numpy(np.asarray(im, np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    a, b = (torch.stack([load(getattr(q, k)) for q in pairs]) for k in ("manipulated", "original"))
+    with torch.inference_mode(): return float(model(a, b).flatten().mean())
 
 # %% ../../nbs/04_data.dgm4.ipynb #54161cdb
 def dgm4_data_root(root: str | os.PathLike,  # the folder containing DGM4/, or DGM4/ itself
