@@ -312,10 +312,9 @@ def synthetic_dataset(kind: str,  # 'dgm4' | 'mmtt'
     if kind == "dgm4":
         from forgrepro.data.synth_dgm4 import make_synth_dgm4
         make_synth_dgm4(out, **params)
-    elif kind == "mmtt":
+    else:
         from forgrepro.data.synth_mmtt import make_synth_mmtt
         root = Path(make_synth_mmtt(out, **params))
-    else: raise ValueError(f"kind must be 'dgm4' or 'mmtt', got {kind!r}")
     save_json({"kind": kind, "params": params, "seconds": time.perf_counter() - t0}, out / "synthetic.json")
     (out / ".done").write_text("ok\n")
     return root
@@ -371,8 +370,7 @@ def recipe_of(params: Mapping[str, Any]) -> dict | None:
         spec = row_spec(params)
         train = dataclasses.asdict(spec.train_config("."))
     except (KeyError, ValueError, TypeError): return None   # e.g. a method without a registry recipe
-    return {"model": {k: spec.model_overrides()[k] for k in sorted(spec.model_overrides())},
-            "train": {k: v for k, v in train.items() if k != "out_dir"}}
+    return {"model": spec.model_overrides(), "train": {k: v for k, v in train.items() if k != "out_dir"}}
 
 def cache_key(params: Mapping[str, Any], fingerprint: str) -> str:
     "SHA-1 of the resolved parameters that change a result, the recipe they resolve to in code, and the data fingerprint."
