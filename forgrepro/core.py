@@ -12,6 +12,7 @@ import platform
 import random
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -145,9 +146,15 @@ def config_to_dict(cfg) -> dict:
 def save_json(obj, path: str | os.PathLike, indent: int = 2) -> Path:
     "Write `obj` as JSON (parents created, floats kept finite-checkable), return the path."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
-    tmp.replace(path)  # atomic: an interrupted write never leaves a half file
+    text = json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n"
+    # a temp file of its own per writer, then an atomic rename: an interrupted write never leaves a half file, and
+    # several processes writing the same file (every rank under `accelerate launch`) never race on one temp name
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f: f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise
     return path
 
 def load_json(path: str | os.PathLike):
