@@ -62,8 +62,9 @@ def tiny_dgm4_train_config() -> TrainConfig:
 # every group: in the same budget tiny HAMMER reached test AUC 68.3 at 96 px vs 61.2 at 128 px, and tiny ASAP/M4-BLIP
 # stayed at chance with the presets' 5e-4 over 300 steps (`benchmarks/calibrate_synth.py`, 2026-11-23).
 TINY_DGM4_OVERRIDES: dict[str, Any] = {"vision.image_size": 96, "optim.lr": 1e-3, "optim.lr_img": 1e-3}
-# DEVIATION (tiny recipe): M4-BLIP's EfficientNet-Lite0 face encoder was ~70 % of its CPU step (1.1 s of batch 16);
-# the tiny reproduction uses timm's MobileNetV3-Small-0.5 on 32 px crops (0.6 s/step). Paper scale: EfficientNet-b4.
+# DEVIATION (tiny recipe): M4-BLIP's EfficientNet-Lite0 face encoder on 64 px crops made its CPU step 0.81 s (batch 16);
+# the tiny reproduction uses timm's MobileNetV3-Small-0.5 on 32 px crops: 0.38-0.49 s (`benchmarks/bench_tiny_steps.py`,
+# one thread, idle machine; Lite0 at 32 px: 0.56 s). Paper scale: EfficientNet-b4.
 TINY_M4BLIP_OVERRIDES: dict[str, Any] = {**TINY_DGM4_OVERRIDES, "face.face_size": 32, "face.arch": "mobilenetv3_small_050"}
 
 def _hammer_task(scale: str, overrides: Mapping[str, Any]) -> Task:
