@@ -316,14 +316,9 @@ def test_overfit_handful_of_samples(ltok, qtok):
     assert sum(t == pre_caption(c) for t, c in zip(texts, batch.captions)) >= 3, texts
 
 
-def test_benchmark_script_cpu_paths(capsys):
+def test_benchmark_script_cpu_paths(capsys, load_benchmark):
     """The GPU benchmark skips cleanly without a GPU, and its code path runs end to end at tiny scale on the CPU."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_forgerytalker.py"
-    spec = importlib.util.spec_from_file_location("bench_forgerytalker", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_forgerytalker")
     if not torch.cuda.is_available():
         assert bench.main([]) == 0 and "SKIP" in capsys.readouterr().out
     assert bench.main(["throughput", "--allow-cpu", "--scale", "tiny", "--batch", "2", "--steps", "1", "--warmup", "0",

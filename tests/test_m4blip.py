@@ -317,13 +317,8 @@ def test_overfits_one_batch(batch):
 
 # ---------------------------------------------------------------- benchmark
 
-def test_benchmark_smoke_and_cpu_skip(tmp_path):
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_m4blip.py"
-    spec = importlib.util.spec_from_file_location("bench_m4blip", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_benchmark_smoke_and_cpu_skip(tmp_path, load_benchmark):
+    bench = load_benchmark("bench_m4blip")
     if not torch.cuda.is_available():
         assert bench.main([]) == {"skipped": True}
     res = bench.main(["--smoke", "--json", str(tmp_path / "bench.json")])

@@ -454,6 +454,12 @@ def _blend_mask(masks: list[np.ndarray], box, feather: float) -> np.ndarray:
 TRACE_TINT: dict[str, tuple[float, float, float]] = {
     'simswap': (1.0, -0.3, -0.7), 'infoswap': (-0.7, -0.3, 1.0), 'StyleCLIP': (-0.5, 1.0, -0.5), 'HFGI': (0.6, 0.6, -1.2)}
 
+def _face_window(box: tuple[int, int, int, int], shape: tuple[int, int], pad: int = 4) -> tuple[slice, slice]:
+    "(rows, cols) slices of the face box grown by `pad` pixels, clipped to an (H, W) image: where a generator works."
+    x0, y0, x1, y1 = box
+    H, W = shape
+    return slice(max(0, y0 - pad), min(H, y1 + pad)), slice(max(0, x0 - pad), min(W, x1 + pad))
+
 def face_swap_traces(pristine: np.ndarray,  # (H, W, 3) finished pristine image
                      generated: np.ndarray,  # (H, W, 3) finished re-render with the donor's inner face
                      mask: np.ndarray,  # (H, W) soft paste mask inside the face box
@@ -463,10 +469,7 @@ def face_swap_traces(pristine: np.ndarray,  # (H, W, 3) finished pristine image
                      method: str = 'simswap',  # 'simswap' | 'infoswap' (fingerprint and seam sign)
                     ) -> np.ndarray:
     "SimSwap/InfoSwap-like paste: resampled, partly colour-matched inner face with a blending seam."
-    x0, y0, x1, y1 = box
-    pad = 4
-    H, W = mask.shape
-    wy, wx = slice(max(0, y0 - pad), min(H, y1 + pad)), slice(max(0, x0 - pad), min(W, x1 + pad))
+    wy, wx = _face_window(box, mask.shape)
     gen = generated[wy, wx].copy()
     h, w = gen.shape[:2]
     r = 1.0 - 0.55 * min(strength, 1.0)                         # generator works at a lower resolution
@@ -494,10 +497,7 @@ def face_attribute_traces(pristine: np.ndarray,  # (H, W, 3) finished pristine i
                           rng: np.random.Generator,
                          ) -> np.ndarray:
     "StyleCLIP/HFGI-like regeneration: smoothed face with checkerboard (HFGI) or colour blotch (StyleCLIP)."
-    x0, y0, x1, y1 = box
-    pad = 4
-    H, W = mask.shape
-    wy, wx = slice(max(0, y0 - pad), min(H, y1 + pad)), slice(max(0, x0 - pad), min(W, x1 + pad))
+    wy, wx = _face_window(box, mask.shape)
     gen = cv2.GaussianBlur(generated[wy, wx], (0, 0), 0.35 + 0.9 * strength)     # over-smooth regenerated skin
     h, w = gen.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w]
