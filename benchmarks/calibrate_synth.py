@@ -22,6 +22,7 @@ Measured 2026-11-23 (generator 1.1, 1,200/200/300 records, tiny HAMMER, lr 1e-3,
     difficulty 0,    128 px, batch 16 x 8 epochs, augment:      val AUC 66.9  mAP 60.2   test AUC 61.2  mAP 52.9  F1 17.9
     difficulty 0,     96 px, batch  8 x 4 epochs, no augment:   val AUC 57.5  mAP 51.3   test AUC 57.7  mAP 48.9  F1 12.9
     difficulty 0.2,   96 px, batch 16 x 8 epochs, augment:      val AUC 66.6  mAP 54.9   test AUC 56.5  mAP 49.6  F1 12.3
+(all of the above with the patchify stem and no clipping: `--stem patch --clip 0`.)
 IoUmean stayed at 15-18 everywhere (below the 50 of a collapsed box on every sample: `benchmarks/dgm4_baselines.py`).
 The tiny reproduction recipe (`forgrepro.experiment.tiny_dgm4_train_config`, `TINY_DGM4_OVERRIDES`) follows these runs.
 """
@@ -54,6 +55,8 @@ def main() -> None:
     ap.add_argument('--batch', type=int, default=16)
     ap.add_argument('--lr', type=float, default=1e-3)
     ap.add_argument('--warmup', type=int, default=20)
+    ap.add_argument('--stem', default='conv', choices=('conv', 'patch'), help="ViT stem (tiny recipe: 'conv')")
+    ap.add_argument('--clip', type=float, default=1.0, help='grad-norm clipping (tiny recipe: 1; 0 = off)')
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--no-augment', action='store_true', help='train without RandomAugment (flip only)')
     ap.add_argument('--seed', type=int, default=0)
@@ -88,10 +91,11 @@ def main() -> None:
     extra = {'augment': None} if args.no_augment else {}
     train_ds = DGM4Dataset(root, 'train', image_res=args.image_res, train=True, **extra)
     val_ds, test_ds = (DGM4Dataset(root, s, image_res=args.image_res) for s in ('val', 'test'))
-    task = hammer_task('tiny', {'vision.image_size': args.image_res, 'optim.lr': args.lr, 'optim.lr_img': args.lr})
+    task = hammer_task('tiny', {'vision.image_size': args.image_res, 'vision.stem': args.stem, 'optim.lr': args.lr,
+                                'optim.lr_img': args.lr})
     out = Path(tempfile.mkdtemp(prefix='synth_calib_run_'))
     cfg = dataclasses.replace(tiny_train_config(), epochs=args.epochs, batch_size=args.batch, warmup_steps=args.warmup,
-                              log_every=10 ** 9, seed=args.seed, out_dir=str(out))
+                              clip_grad_norm=args.clip or None, log_every=10 ** 9, seed=args.seed, out_dir=str(out))
     t0 = time.perf_counter()
     res = fit(task, lambda: DataLoader(train_ds, batch_size=args.batch, shuffle=True, collate_fn=col), None, cfg,
               resume=False)

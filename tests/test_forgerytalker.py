@@ -255,6 +255,20 @@ def test_tokenizer_path_round_trip(tmp_path, qtok):
         build_forgerytalker(replace(forgerytalker_tiny(), prompts="gt"), qformer_tokenizer=qtok)
 
 
+def test_explanation_vocabulary_is_the_same_in_every_process(tmp_path):
+    "The tiny vocabulary must not depend on a per-process hash seed (the WordPiece trainer's ids and merges did)."
+    import subprocess, sys
+    code = ("import sys; from forgrepro.methods.forgerytalker import train_explanation_tokenizer; "
+            "train_explanation_tokenizer(['The lips look waxy.', 'A seam runs along the jaw; the eyes are glassy.'] * 5, "
+            "out_dir=sys.argv[1])")
+    files = []
+    for i, seed in enumerate(("1", "2")):
+        d = tmp_path / f"tok{i}"
+        subprocess.run([sys.executable, "-c", code, str(d)], check=True, env={**__import__("os").environ, "PYTHONHASHSEED": seed})
+        files.append((d / "tokenizer.json").read_bytes())
+    assert files[0] == files[1]
+
+
 def test_paper_scale_geometry_on_meta_device(ltok, qtok):
     with torch.device("meta"):
         model = build_forgerytalker(forgerytalker_paper(), llm_tokenizer=ltok, qformer_tokenizer=qtok,

@@ -75,17 +75,24 @@ def train_explanation_tokenizer(texts: Sequence[str],  # training explanations
                                 vocab_size: int = 1000,  # upper bound of the vocabulary size
                                 out_dir: str | os.PathLike | None = None,  # save here (tokenizer.json) when given
                                ) -> PreTrainedTokenizerBase:
-    "Small lower-case WordPiece vocabulary with T5's special tokens, trained deterministically on `texts`."
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    "Small lower-case word-level WordPiece vocabulary with T5's special tokens, built deterministically from `texts`."
+    # DEVIATION (tiny scale; the paper uses Flan-T5's SentencePiece vocabulary): the words of the training explanations
+    # by frequency (ties alphabetical), after every character alone and as a '##' continuation so that any word still
+    # tokenizes. `tokenizers`' WordPieceTrainer was used before, but its merges and ids depend on a per-process hash
+    # seed: two runs of the same row got different vocabularies (61 of 646 ids differed) and different results.
+    from collections import Counter
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
-    tok = Tokenizer(models.WordPiece(unk_token="<unk>", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
-                                        special_tokens=["<pad>", "</s>", "<unk>"], continuing_subword_prefix="##")
+    norm = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
+    pre = pre_tokenizers.BertPreTokenizer()
     corpus = [pre_caption(t) for t in texts] + [instruction_text(REGIONS), instruction_text([]), " ".join(REGIONS)]
-    tok.train_from_iterator(corpus, trainer)
+    counts = Counter(w for t in corpus for w, _ in pre.pre_tokenize_str(norm.normalize_str(t)))
+    chars = sorted({c for w in counts for c in w})
+    base = ["<pad>", "</s>", "<unk>"] + chars + ["##" + c for c in chars]
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    vocab = base + words[: max(0, vocab_size - len(base))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="<unk>", max_input_chars_per_word=100))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = norm, pre, decoders.WordPiece(prefix="##")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
     if out_dir is not None: fast.save_pretrained(str(out_dir))

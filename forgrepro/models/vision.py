@@ -20,9 +20,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['VIT_PRESETS', 'EVA_PRESETS', 'FACE_PRESETS', 'ViTConfig', 'ViTEncoder', 'interpolate_pos_embed', 'select_prefix',
-           'load_state_into', 'load_vit_weights', 'EvaViTConfig', 'Blip2VisionEncoder', 'load_blip2_vision_weights',
-           'FaceEncoderConfig', 'FaceEncoder', 'load_face_encoder_weights', 'load_shipped_lite0']
+__all__ = ['VIT_PRESETS', 'EVA_PRESETS', 'FACE_PRESETS', 'ViTConfig', 'ConvStem', 'make_stem', 'ViTEncoder',
+           'interpolate_pos_embed', 'select_prefix', 'load_state_into', 'load_vit_weights', 'EvaViTConfig',
+           'Blip2VisionEncoder', 'load_blip2_vision_weights', 'FaceEncoderConfig', 'FaceEncoder',
+           'load_face_encoder_weights', 'load_shipped_lite0']
 
 # %% ../../nbs/11_models.vision.ipynb #bce1c252
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     drop_path: float = 0.0  # ALBEF: 0
     channels_last: bool = False  # NHWC patch-embed conv on GPU
+    stem: str = "patch"     # 'patch': ALBEF's linear patchify | 'conv': early-convolution stem (`ConvStem`)
 
     @property
     def num_patches(self) -> int: return (self.image_size // self.patch_size) ** 2
@@ -46,6 +48,32 @@ VIT_PRESETS = {
 }
 
 # %% ../../nbs/11_models.vision.ipynb #01103f74
+class ConvStem(nn.Module):
+    "Early-convolution stem: (B, 3, H, W) -> (B, C, H/p, W/p) with log2(p) 3×3 stride-2 conv-BN-ReLU and a 1×1 conv."
+    def __init__(self, width: int,  # output channels C (the token width)
+                 patch_size: int,  # total stride p (a power of 2)
+                 base: int = 8,  # channels of the first conv; doubled per conv, capped at `width`
+                ):
+        super().__init__()
+        n = patch_size.bit_length() - 1
+        if patch_size < 2 or 2 ** n != patch_size: raise ValueError(f"ConvStem needs a power-of-2 patch size, got {patch_size}")
+        chans = [3] + [min(width, base * 2 ** i) for i in range(n)]
+        self.body = nn.Sequential(*(m for i in range(n) for m in (
+            nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(chans[i + 1]), nn.ReLU(inplace=True))))
+        self.out = nn.Conv2d(chans[-1], width, 1)
+
+    @property
+    def weight(self) -> Tensor: return self.out.weight   # transformers' Blip2VisionEmbeddings reads `.weight.dtype`
+
+    def forward(self, x: Tensor) -> Tensor: return self.out(self.body(x))
+
+def make_stem(kind: str, width: int, patch_size: int) -> nn.Module:
+    "The patch-embedding convolution for `kind` 'patch' (ViT's patchify) or 'conv' (`ConvStem`)."
+    if kind == "patch": return nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+    if kind == "conv": return ConvStem(width, patch_size)
+    raise ValueError(f"unknown ViT stem {kind!r} (expected 'patch' or 'conv')")
+
+# %% ../../nbs/11_models.vision.ipynb #bb796a9d
 class ViTEncoder(VisionTransformer):
     "ALBEF-style ViT: image (B, 3, H, W) -> tokens (B, 1+N, C) after the final LayerNorm ([CLS] first)."
     def __init__(self, cfg: ViTConfig = ViTConfig()):
@@ -53,6 +81,8 @@ class ViTEncoder(VisionTransformer):
                          num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=True, num_classes=0, global_pool="",
                          drop_path_rate=cfg.drop_path, norm_layer=partial(nn.LayerNorm, eps=1e-6))
         self.cfg = cfg
+        if cfg.stem != "patch":   # same output grid; timm's PatchEmbed only calls `proj`
+            self.patch_embed.proj = make_stem(cfg.stem, cfg.width, cfg.patch_size)
         if cfg.channels_last: self.patch_embed.proj.to(memory_format=torch.channels_last)
 
     @property
@@ -116,6 +146,7 @@ class EvaViTConfig:
     heads: int = 16
     intermediate_size: int = 6144
     attn_implementation: str = "sdpa"
+    stem: str = "patch"      # 'patch': BLIP-2's patchify conv | 'conv': `ConvStem` (tiny recipe only, see above)
 
     @property
     def num_patches(self) -> int: return (self.image_size // self.patch_size) ** 2
@@ -132,6 +163,7 @@ class Blip2VisionEncoder(nn.Module):
                                num_attention_heads=cfg.heads, image_size=cfg.image_size, patch_size=cfg.patch_size)
         hf._attn_implementation = cfg.attn_implementation
         self.cfg, self.model = cfg, Blip2VisionModel(hf)
+        if cfg.stem != "patch": self.model.embeddings.patch_embedding = make_stem(cfg.stem, cfg.width, cfg.patch_size)
 
     @property
     def width(self) -> int: return self.cfg.width
