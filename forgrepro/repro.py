@@ -30,8 +30,8 @@ __all__ = ['SCALES', 'ROW_META', 'NOT_PUBLISHED', 'NOT_REPRODUCED', 'SYNTHETIC_B
            'CACHE_IGNORED', 'repo_root', 'load_yaml', 'stack_params', 'RowConfig', 'load_row', 'resolve_params',
            'TableRow', 'TableDef', 'load_tables', 'PaperValue', 'load_paper_numbers', 'table_cells', 'legend',
            'render_markdown', 'render_latex', 'render_csv', 'default_cache_dir', 'synthetic_dataset', 'row_spec',
-           'save_dgm4_predictions', 'recipe_of', 'cache_key', 'is_cached', 'kernel_name', 'execute_notebook',
-           'accelerate_command', 'run_row', 'data_key', 'plan', 'render_reports', 'reproduce']
+           'save_dgm4_predictions', 'recipe_of', 'code_fingerprint', 'cache_key', 'is_cached', 'kernel_name',
+           'execute_notebook', 'accelerate_command', 'run_row', 'data_key', 'plan', 'render_reports', 'reproduce']
 
 # %% ../nbs/50_repro.ipynb #e3770d28
 def repo_root() -> Path:
@@ -372,10 +372,26 @@ def recipe_of(params: Mapping[str, Any]) -> dict | None:
     except (KeyError, ValueError, TypeError): return None   # e.g. a method without a registry recipe
     return {"model": spec.model_overrides(), "train": {k: v for k, v in train.items() if k != "out_dir"}}
 
+_CODE_FINGERPRINT: str | None = None
+
+def code_fingerprint() -> str:
+    "SHA-1 of the installed `forgrepro` sources (every `*.py` but the nbdev index): any code change invalidates a run."
+    global _CODE_FINGERPRINT
+    if _CODE_FINGERPRINT is None:
+        import forgrepro
+        pkg, h = Path(forgrepro.__file__).resolve().parent, hashlib.sha1()
+        for f in sorted(pkg.rglob("*.py")):
+            if f.name == "_modidx.py" or "__pycache__" in f.parts: continue
+            h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+        _CODE_FINGERPRINT = h.hexdigest()
+    return _CODE_FINGERPRINT
+
 def cache_key(params: Mapping[str, Any], fingerprint: str) -> str:
-    "SHA-1 of the resolved parameters that change a result, the recipe they resolve to in code, and the data fingerprint."
+    "SHA-1 of the resolved parameters, the recipe they resolve to in code, the package's code and the data fingerprint."
+    # A row is reused only when nothing that computes it changed: a recipe key alone let the ForgeryTalker rows survive a
+    # change of their tokenizer (2026-11-23), so the package sources are in the key too (any code edit reruns every row).
     return hashlib.sha1(json.dumps({"params": {k: v for k, v in params.items() if k not in CACHE_IGNORED},
-                                    "recipe": recipe_of(params), "data": fingerprint},
+                                    "recipe": recipe_of(params), "code": code_fingerprint(), "data": fingerprint},
                                    sort_keys=True, default=str).encode()).hexdigest()
 
 def is_cached(run_dir: str | os.PathLike, key: str) -> bool:
