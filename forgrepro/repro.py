@@ -27,11 +27,12 @@ from .core import env_record, git_sha, load_json, save_json
 
 # %% auto #0
 __all__ = ['SCALES', 'ROW_META', 'NOT_PUBLISHED', 'NOT_REPRODUCED', 'SYNTHETIC_BANNER', 'CSV_FIELDS', 'TRAIN_SCALARS',
-           'CACHE_IGNORED', 'repo_root', 'load_yaml', 'stack_params', 'RowConfig', 'load_row', 'resolve_params',
-           'TableRow', 'TableDef', 'load_tables', 'PaperValue', 'load_paper_numbers', 'table_cells', 'legend',
-           'render_markdown', 'render_latex', 'render_csv', 'default_cache_dir', 'synthetic_dataset', 'row_spec',
-           'save_dgm4_predictions', 'recipe_of', 'code_fingerprint', 'cache_key', 'is_cached', 'kernel_name',
-           'execute_notebook', 'accelerate_command', 'run_row', 'data_key', 'plan', 'render_reports', 'reproduce']
+           'CACHE_IGNORED', 'TINY_ROW_SECONDS', 'repo_root', 'load_yaml', 'stack_params', 'RowConfig', 'load_row',
+           'resolve_params', 'TableRow', 'TableDef', 'load_tables', 'PaperValue', 'load_paper_numbers', 'table_cells',
+           'legend', 'render_markdown', 'render_latex', 'render_csv', 'default_cache_dir', 'synthetic_dataset',
+           'row_spec', 'save_dgm4_predictions', 'recipe_of', 'code_fingerprint', 'cache_key', 'is_cached',
+           'expected_seconds', 'kernel_name', 'execute_notebook', 'accelerate_command', 'run_row', 'data_key', 'plan',
+           'render_reports', 'reproduce']
 
 # %% ../nbs/50_repro.ipynb #e3770d28
 def repo_root() -> Path:
@@ -400,6 +401,18 @@ def is_cached(run_dir: str | os.PathLike, key: str) -> bool:
     return (run_dir / "metrics.json").is_file() and (run_dir / "cache_key").is_file() \
         and (run_dir / "cache_key").read_text().strip() == key
 
+# Tiny-scale CPU seconds per row by method (one thread, `make reproduce` of 2026-11-23): only orders the rows of a
+# parallel reproduction (longest first) when a row has no earlier run to read its time from.
+TINY_ROW_SECONDS = {"hammer": 76.0, "asap": 122.0, "m4blip": 185.0, "forgerytalker": 127.0}
+
+def expected_seconds(params: Mapping[str, Any]) -> float:
+    "A row's expected run time: its last run's `env.json` seconds, else `TINY_ROW_SECONDS` of its method (else 0)."
+    env = Path(params.get("run_dir", "")) / "env.json"
+    if env.is_file():
+        try: return float(load_json(env)["seconds"])
+        except (KeyError, TypeError, ValueError): pass
+    return TINY_ROW_SECONDS.get(params.get("method", ""), 0.0)
+
 def kernel_name() -> str:
     "`$FORGREPRO_KERNEL`, else `python3` (the Makefile registers the venv's kernel under that name)."
     return os.environ.get("FORGREPRO_KERNEL", "python3")
@@ -581,6 +594,7 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
             return
         metrics[rid], run_dirs[rid] = m, runs_dir / rid
         (ran if did else skipped).append(rid)
+    if jobs > 1: todo.sort(key=lambda t: -expected_seconds(t[1]))   # longest first: the last rows do not run alone
     bar = tqdm(total=len(todo), desc="rows", unit="row", disable=not progress)
     kw = dict(force=force, launcher=launcher, num_processes=num_processes)
     if jobs <= 1:
