@@ -239,7 +239,9 @@ def run_experiment(spec: ExperimentSpec,  # what to run
                   ) -> dict[str, float]:
     "Train the row's method, evaluate its best checkpoint on the test split, write the run folder; return test metrics."
     run_dir, data_root = Path(run_dir), Path(data_root)
-    record = {**spec.to_dict(), "data_root": str(data_root.resolve()), "data_fingerprint": data_fingerprint(data_root)}
+    # `model_overrides`: the recipe as resolved now, so `load_trained` rebuilds this model after the recipe changes
+    record = {**spec.to_dict(), "model_overrides": spec.model_overrides(), "data_root": str(data_root.resolve()),
+              "data_fingerprint": data_fingerprint(data_root)}
     if not force and (run_dir / "metrics.json").is_file() and _same_spec(run_dir, record):
         return load_json(run_dir / "metrics.json")
     if (run_dir / "experiment.json").is_file() and not _same_spec(run_dir, record):
@@ -282,7 +284,11 @@ def load_trained(run_dir: str | os.PathLike,  # a folder written by `run_experim
     if not f.is_file(): raise FileNotFoundError(f"{f}: not a run folder written by forgrepro.experiment.run_experiment")
     rec = load_json(f)
     spec = ExperimentSpec.from_dict({k: rec[k] for k in ("method", "scale", "ablation", "overrides", "train", "seed")})
-    task = build_task(spec)
+    if "model_overrides" in rec:   # the recipe the row was trained with (written since 2026-11-23)
+        task = method_spec(spec.method).make_task(spec.scale, rec["model_overrides"])
+    else:                          # older run folders: the current code's recipe, which may have changed since
+        warnings.warn(f"{f}: no recorded model_overrides; rebuilding with the current {spec.scale} recipe")
+        task = build_task(spec)
     model = task.build_model()
     for name in ("best", "last"):
         if (run_dir / "train" / name).is_dir():

@@ -407,8 +407,8 @@ TINY_ROW_SECONDS = {"hammer": 76.0, "asap": 122.0, "m4blip": 185.0, "forgerytalk
 
 def expected_seconds(params: Mapping[str, Any]) -> float:
     "A row's expected run time: its last run's `env.json` seconds, else `TINY_ROW_SECONDS` of its method (else 0)."
-    env = Path(params.get("run_dir", "")) / "env.json"
-    if env.is_file():
+    env = Path(params["run_dir"]) / "env.json" if params.get("run_dir") else None   # no run folder: no history
+    if env is not None and env.is_file():
         try: return float(load_json(env)["seconds"])
         except (KeyError, TypeError, ValueError): pass
     return TINY_ROW_SECONDS.get(params.get("method", ""), 0.0)

@@ -1,4 +1,5 @@
 """forgrepro.demo: the app's API through gradio_client, and an end-to-end run in headless Chromium."""
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -102,7 +103,7 @@ def _chromium() -> tuple[str, str] | None:
 
 
 @pytest.mark.skipif(_chromium() is None, reason="Debian chromium + chromium-driver not installed (apt-get install -y chromium chromium-driver)")
-def test_end_to_end_chromium(app, example):
+def test_end_to_end_chromium(app, example, tmp_path):
     selenium = pytest.importorskip("selenium", reason="selenium not installed")
     from selenium import webdriver
     from selenium.webdriver.common.by import By
@@ -130,7 +131,8 @@ def test_end_to_end_chromium(app, example):
         assert "HAMMER" in drv.find_element(By.ID, "verdicts").text and "P(fake)" in drv.find_element(By.ID, "verdicts").text
         src = drv.find_element(By.CSS_SELECTOR, "#overlay img").get_attribute("src")
         assert src and ("/file=" in src or "/gradio_api/file" in src or src.startswith("data:"))
-        (REPO / "reports").mkdir(exist_ok=True)
-        drv.save_screenshot(str(REPO / "reports" / "demo_screenshot.png"))
+        # the tracked reports/demo_screenshot.png is refreshed only on request (FORGREPRO_SCREENSHOT=path)
+        shot = Path(os.environ.get("FORGREPRO_SCREENSHOT") or tmp_path / "demo_screenshot.png")
+        assert drv.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         drv.quit()

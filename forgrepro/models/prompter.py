@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.batch import MMTTBatch
+from .vision import make_stem
 from ..task import LossOutput
 
 # %% auto #0
@@ -34,6 +35,7 @@ class PrompterConfig:
     attention_dropout: float = 0.0  # `attention_dropout_rate` (attention probabilities and output projection)
     num_classes: int = 21          # facial regions
     conv_branches: bool = True     # inject the CoordConv / conv branches (False: plain ViT, an ablation)
+    stem: str = "patch"            # 'patch' (official patchify conv) | 'conv' (early-conv stem; tiny recipe option)
     threshold: float = 0.5         # sigmoid threshold of a predicted region
 
     @property
@@ -44,7 +46,7 @@ class ViTEmbeddings(nn.Module):
     "Patch embedding + CLS + learned positions (official `Embeddings`, non-hybrid)."
     def __init__(self, cfg: PrompterConfig):
         super().__init__()
-        self.patch_embeddings = nn.Conv2d(3, cfg.hidden_size, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.patch_embeddings = make_stem(cfg.stem, cfg.hidden_size, cfg.patch_size)   # 'patch': the official conv
         self.position_embeddings = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.hidden_size))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.hidden_size))
         # DEVIATION: the official initialises positions and CLS to zero and always loads ImageNet ViT weights on top;
@@ -58,7 +60,7 @@ class ViTEmbeddings(nn.Module):
         tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), patches], dim=1)
         return self.dropout(tokens + self.position_embeddings)
 
-
+# %% ../../nbs/18_models.prompter.ipynb #5873e1a3
 class Attention(nn.Module):
     "Multi-head self-attention with the official parameter names (`query`, `key`, `value`, `out`)."
     def __init__(self, cfg: PrompterConfig):
