@@ -26,7 +26,8 @@ from .render import (EXPRESSIONS, REGIONS, FaceRender, FaceSpec, apply_finish, e
 
 # %% auto #0
 __all__ = ['FACIAL_SYNONYMS', 'ARTIFACTS', 'KINDS', 'GENERATOR_VERSION', 'SPLIT_FILES', 'caption_to_multilabel', 'RegionEdit',
-           'write_explanation', 'apply_artifact', 'MMTTSample', 'render_samples', 'render_sample', 'make_synth_mmtt']
+           'write_explanation', 'explanation_kind', 'apply_artifact', 'MMTTSample', 'render_samples', 'render_sample',
+           'make_synth_mmtt']
 
 # %% ../../nbs/09_data.synth_mmtt.ipynb #21a88724
 # scripts/data_preparation/to_mutilabel.py `facial_features` (kept identical; dict order = multilabel order)
@@ -157,6 +158,21 @@ def write_explanation(edits: list[RegionEdit],  # manipulated regions, in mentio
     closing = _CLOSE[rng.integers(len(_CLOSE))].format(overall='subtle' if mean_sev < 0.75 else 'visible' if mean_sev < 1.15 else 'obvious')
     if closing: sentences.append(closing)
     return ' '.join(sentences)
+
+# %% ../../nbs/09_data.synth_mmtt.ipynb #bd4b2c0c
+def _words(text: str) -> str: return ' '.join(re.sub(r"[^a-z ]", ' ', text.lower()).split())
+
+_KIND_CUES = {'faceswap': tuple(_words(t) for t in _OPEN['faceswap']),
+              'attribute': tuple(_words(t.split('{expr}')[0]) for t in _OPEN['attribute']),
+              'real': tuple(_words(t) for t in _REAL)}
+
+def explanation_kind(text: str,  # an explanation (raw or `blip_pre_caption`-ed)
+                    ) -> str:
+    "The synth-mmtt manipulation kind an explanation describes: 'faceswap' | 'attribute' | 'real' | 'inpaint'."
+    w = _words(text)
+    for kind in ('faceswap', 'attribute'):
+        if any(c in w for c in _KIND_CUES[kind]): return kind
+    return 'real' if any(w.startswith(c) for c in _KIND_CUES['real']) else 'inpaint'
 
 # %% ../../nbs/09_data.synth_mmtt.ipynb #c29b16b4
 KINDS: tuple[str, ...] = ('inpaint', 'faceswap', 'attribute', 'real')
