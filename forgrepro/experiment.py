@@ -222,11 +222,13 @@ def _same_spec(run_dir: Path, record: dict) -> bool:
     f = run_dir / "experiment.json"
     return f.is_file() and load_json(f) == json.loads(json.dumps(record, default=str))
 
-def build_task(spec: ExperimentSpec) -> Task:
+def build_task(spec: ExperimentSpec,
+               model_overrides: Mapping[str, Any] | None = None,  # resolved recipe (None: `spec.model_overrides()` now)
+              ) -> Task:
     "The row's `Task` (DGM4 methods)."
     m = method_spec(spec.method)
     if m.make_task is None: raise TypeError(f"{spec.method} is trained by its own pipeline (see run_experiment)")
-    return m.make_task(spec.scale, spec.model_overrides())
+    return m.make_task(spec.scale, spec.model_overrides() if model_overrides is None else model_overrides)
 
 def run_experiment(spec: ExperimentSpec,  # what to run
                    data_root: str | os.PathLike,  # dataset folder (DGM4/ or MMTT layout)
@@ -284,11 +286,9 @@ def load_trained(run_dir: str | os.PathLike,  # a folder written by `run_experim
     if not f.is_file(): raise FileNotFoundError(f"{f}: not a run folder written by forgrepro.experiment.run_experiment")
     rec = load_json(f)
     spec = ExperimentSpec.from_dict({k: rec[k] for k in ("method", "scale", "ablation", "overrides", "train", "seed")})
-    if "model_overrides" in rec:   # the recipe the row was trained with (written since 2026-11-23)
-        task = method_spec(spec.method).make_task(spec.scale, rec["model_overrides"])
-    else:                          # older run folders: the current code's recipe, which may have changed since
+    if "model_overrides" not in rec:   # run folders written before 2026-11-23: today's recipe, which may differ
         warnings.warn(f"{f}: no recorded model_overrides; rebuilding with the current {spec.scale} recipe")
-        task = build_task(spec)
+    task = build_task(spec, rec.get("model_overrides"))   # the recipe the row was trained with
     model = task.build_model()
     for name in ("best", "last"):
         if (run_dir / "train" / name).is_dir():
