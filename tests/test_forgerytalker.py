@@ -387,11 +387,14 @@ def test_forgerytalker_run_load_explain(tmp_path):
     assert z["pred"].shape == z["gt"].shape and z["pred"].shape[1] == 21 and list(z["regions"]) == list(REGIONS)
     preds = json.loads((tmp_path / "full" / "predictions.json").read_text())
     assert len(preds) == z["pred"].shape[0] and all(isinstance(v, str) for v in preds.values())
+    assert m["distinct_explanations"] == len(set(preds.values())) >= 1
     fpn_files = sorted((tmp_path / "fpn").rglob("model.safetensors"))
     stamp = [f.stat().st_mtime_ns for f in fpn_files]
     assert "no_mask_decoder" in FORGERYTALKER_ABLATIONS
     m2 = forgerytalker_run(root, tmp_path / "nomask", ablation="no_mask_decoder", **kw)
     assert "IoU" not in m2 and [f.stat().st_mtime_ns for f in fpn_files] == stamp  # the FPN was reused, not retrained
+    m3 = forgerytalker_run(root, tmp_path / "nofpn", ablation="no_fpn", **kw)      # no FPN: its metrics are null
+    assert "region_F1" in m3 and m3["region_F1"] is None and m3["fpn_PLM"] is None and m["region_F1"] is not None
     model, ltok, qtok = load_forgerytalker(tmp_path / "full")
     out = explain(model, Image.fromarray(np.zeros((50, 40, 3), np.uint8)))
     assert out["mask"].shape == (50, 40) and out["mask"].dtype == bool and isinstance(out["explanation"], str)

@@ -23,7 +23,7 @@ TINY_DGM4 = dict(n_train=16, n_val=8, n_test=16)
 def fake_metrics() -> dict[str, dict[str, float | None]]:
     "Fixed metrics for every run: value = 50 + index of the metric key, one metric missing, one null."
     keys = ["AUC", "EER", "ACC", "mAP", "CF1", "OF1", "IoUmean", "IoU50", "IoU75", "Precision", "Recall", "F1",
-            "PLM", "fpn_PLM", "region_F1", "CIDEr", "BLEU-4", "IoU"]
+            "PLM", "fpn_PLM", "region_F1", "CIDEr", "BLEU-4", "IoU", "distinct_explanations"]
     flat = {k: 50.0 + i for i, k in enumerate(keys)}
     flat |= {f"{s}/{k}": 40.0 + i for s in ("image", "text", "joint", "face_swap") for i, k in enumerate(keys)}
     flat["IoU75"] = None

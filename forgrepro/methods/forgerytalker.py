@@ -1233,6 +1233,9 @@ def forgerytalker_run(data_root: str | os.PathLike,  # MMTT-format folder (annot
                  regions=np.array(REGIONS))
     names = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
     ordered = {k: m.get(k) for k in names} | {"SPICE": None} | m  # SPICE: needs a download (never computed)
+    if cfg.prompts != "fpn": ordered |= {"region_F1": None, "fpn_PLM": None}   # no FPN in this row: not applicable
+    # how many different explanations the row wrote for the test images (1: the explanation ignores the image)
+    ordered["distinct_explanations"] = float(len(set(ev.predictions.values())))
     metrics: dict[str, float | None] = {k: None if v is None or v != v else v for k, v in ordered.items()}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="metric .* is nan")  # unavailable metrics are written as null
