@@ -124,7 +124,7 @@ def main(argv=None) -> int:
             preds = json.loads((base / row / "predictions.json").read_text())
             name = row if len(args.seeds) == 1 else f"{row} (seed {seed})"
             kind_acc = 100 * sum(explanation_kind(v) == kinds.get(k) for k, v in preds.items()) / len(preds)
-            results[name] = m | {"distinct": len(set(preds.values())), "kind_acc": kind_acc,
+            results[name] = m | {"distinct": m["distinct_explanations"], "kind_acc": kind_acc,
                                  "seconds": time.perf_counter() - t0}
             print(f"{name}: {results[name]['seconds']:.0f} s", flush=True)
     if len(args.seeds) > 1:
