@@ -178,7 +178,7 @@ def t5_tokenizer_json(texts: list[str]) -> str:
 def reduced_sizes(bert_vocab: int) -> dict:
     return dict(image=SIZE, eva_width=32, eva_depth=2, eva_heads=2, eva_mlp_ratio=4.3637, num_query_token=4,
                 bert=dict(vocab_size=bert_vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                          intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=0.0,
                           attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12, pad_token_id=0,
                           hidden_act="gelu", type_vocab_size=2, initializer_range=0.02),
                 qformer_layers=2, t5=dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
@@ -396,6 +396,7 @@ def make_forgerytalker_fixtures(checkout: Path, out: Path, bert_vocab: Path | No
     finally:
         os.chdir(cwd)
     _perturb(m, seed + 1)
+    with torch.no_grad(): m.t5_model.lm_head.weight.mul_(0.25)   # T5's lm_head init (std 1) gives logits ~30: keep O(5)
     g = torch.Generator().manual_seed(seed + 2)
     image = torch.randn(BATCH, 3, SIZE, SIZE, generator=g)
     mask = torch.zeros(BATCH, 1, SIZE, SIZE)
