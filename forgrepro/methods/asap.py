@@ -383,8 +383,8 @@ def _need(x, name: str, flag: str):
 asap_state_from_official = official_state_dict  # same official names (ALBEF/HAMMER/ASAP)
 
 def load_asap_pretrained(model: Asap,
-                         path: str | Path,  # .safetensors with official ALBEF/HAMMER/ASAP key names
-                         strict: bool = False,  # raise on missing/unexpected keys
+                         path: str | Path | Mapping[str, Tensor],  # .safetensors with official ALBEF/HAMMER/ASAP key names, or such a state dict
+                         strict: bool = False,  # raise on missing/unexpected keys and shape mismatches
                         ) -> Asap:
     "Load an official-format checkpoint into an `Asap` (its local branch variant decides the localiser names)."
     return load_official_weights(model, path, model.cfg.localizer_variant, strict)

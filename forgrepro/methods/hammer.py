@@ -204,24 +204,31 @@ def official_state_dict(state: Mapping[str, Tensor],  # official keys (optionall
     return out
 
 def load_official_weights(model: Hammer,  # a Hammer (or subclass)
-                          path: str | Path,  # .safetensors with official ALBEF/HAMMER/ASAP key names
+                          path: str | Path | Mapping[str, Tensor],  # .safetensors with official ALBEF/HAMMER/ASAP key names, or such a state dict
                           localizer_variant: str = "hammer",
-                          strict: bool = False) -> Hammer:
+                          strict: bool = False,  # raise on missing or unused keys and on shape mismatches
+                         ) -> Hammer:
     "Load an official-format checkpoint (renamed, pos-embed interpolated, shape-checked, teacher synced)."
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(f"{path}: convert official .pth files once with "
-                         "forgrepro.checkpoint.convert_torch_checkpoint_to_safetensors (we never unpickle checkpoints)")
-    state = official_state_dict(load_file(str(path)), localizer_variant)
+    if isinstance(path, Mapping): what, raw = "official state dict", dict(path)
+    else:
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path}: convert official .pth files once with "
+                             "forgrepro.checkpoint.convert_torch_checkpoint_to_safetensors (we never unpickle checkpoints)")
+        what, raw = str(path), load_file(str(path))
+    state = official_state_dict(raw, localizer_variant)
     for k in ("visual_encoder.pos_embed", "visual_encoder_m.pos_embed"):
         if k in state: state[k] = interpolate_pos_embed(state[k], model.cfg.vision.num_patches)
     own = model.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if bad: warnings.warn(f"{path}: {len(bad)} tensors skipped for shape mismatch, e.g. "
-                          + ", ".join(f"{k} {tuple(state[k].shape)}->{tuple(own[k].shape)}" for k in bad[:4]))
+    if bad:
+        msg = (f"{what}: {len(bad)} tensors skipped for shape mismatch, e.g. "
+               + ", ".join(f"{k} {tuple(state[k].shape)}->{tuple(own[k].shape)}" for k in bad[:4]))
+        if strict: raise ValueError(msg)
+        warnings.warn(msg)
     modules = dict(model.named_modules())  # the shared official `queue_ptr` only feeds queues this model has
     state = {k: v for k, v in state.items() if k not in bad and not (k.endswith(".ptr") and k[:-4] not in modules)}
-    load_state_into(model, state, f"weights from {path}", strict)
+    load_state_into(model, state, f"weights from {what}", strict)
     with torch.no_grad():  # teacher of a pair absent from the file: start from the student (official copy_params)
         for online, ema in model.momentum_pairs:
             name = next(n for n, mod in model.named_children() if mod is ema)
