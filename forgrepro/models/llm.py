@@ -173,7 +173,8 @@ class PromptBuilder:
         self.pad_id = 0 if pad is None else pad
         self.answer_ids = {1: tok(template.answer_fake + template.answer_end), 0: tok(template.answer_real + template.answer_end)}
         self.choice_ids = torch.tensor([self.answer_ids[1][0], self.answer_ids[0][0]])   # [fake 'A', real 'B']
-        if self.choice_ids[0] == self.choice_ids[1]: raise ValueError("the two answers start with the same token")
+        if self.answer_ids[1][0] == self.answer_ids[0][0]:   # Python ints: also builds under torch.device("meta")
+            raise ValueError("the two answers start with the same token")
         self.max_answer_len = max(len(a) for a in self.answer_ids.values())
 
     def build(self, captions: Sequence[str],  # B captions (DGM4 `text`, pre-captioned)
