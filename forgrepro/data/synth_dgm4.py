@@ -20,11 +20,10 @@ import cv2
 import numpy as np
 
 from ..core import save_json
-from .render import (EXPRESSIONS, FaceSpec, PhotoFinish, SceneRenderer, SceneSpec, apply_finish,
-                                   apply_finish_local, encode_jpeg,
-                                   finish_noise,
-                                   file_fingerprint, identity_distance, random_finish, random_identity, random_scene,
-                                   swap_identity, to_uint8)
+from .render_face import EXPRESSIONS, FaceSpec, identity_distance, random_identity, swap_identity
+from .render_photo import (PhotoFinish, apply_finish, apply_finish_local, encode_jpeg, file_fingerprint,
+                                        finish_noise, random_finish, to_uint8)
+from .render_scene import SceneRenderer, SceneSpec, random_scene
 
 # %% auto #0
 __all__ = ['FAKE_CLS', 'DGM4_VAL_COUNTS', 'SOURCE_COUNTS', 'FS_METHODS', 'FA_METHODS', 'EXPRESSION_ADJECTIVES',

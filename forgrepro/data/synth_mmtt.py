@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 
 from ..core import save_json
-from .render import (EXPRESSIONS, REGIONS, FaceRender, FaceSpec, apply_finish, encode_jpeg, file_fingerprint,
-                                   finish_noise, identity_distance, random_finish, random_identity, render_portrait,
-                                   swap_identity, to_uint8)
+from .render_face import EXPRESSIONS, REGIONS, FaceRender, FaceSpec, identity_distance, random_identity, swap_identity
+from .render_photo import (apply_finish, encode_jpeg, file_fingerprint, finish_noise, random_finish,
+                                        render_portrait, to_uint8)
 
 # %% auto #0
 __all__ = ['FACIAL_SYNONYMS', 'ARTIFACTS', 'KINDS', 'GENERATOR_VERSION', 'SPLIT_FILES', 'caption_to_multilabel', 'RegionEdit',
