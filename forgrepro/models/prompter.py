@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import BertConfig, BertModel, PreTrainedTokenizerBase
 
 from ..data.batch import MMTTBatch
+from ..data.mmtt import REGIONS
 from .vision import make_stem
 from ..task import LossOutput
 
 # %% auto #0
 __all__ = ['PrompterConfig', 'ViTEmbeddings', 'Attention', 'Mlp', 'Block', 'Encoder', 'Transformer', 'add_coords', 'AddCoords',
            'CoordConv', 'PrompterOutput', 'predicted_regions', 'pool_tokens', 'ForgeryPrompter', 'weighted_bce',
-           'dice_loss', 'focal_loss', 'jaccard_loss', 'fpn_loss', 'load_prompter_weights']
+           'dice_loss', 'focal_loss', 'jaccard_loss', 'fpn_loss', 'load_prompter_weights', 'RegionPrediction',
+           'FPNRegions', 'GroundTruthRegions', 'NoRegions', 'TagGate', 'tag_token_table', 'TagGateConfig',
+           'build_tag_gate']
 
 # %% ../../nbs/26_models.prompter.ipynb #3c7c1ec5
 @dataclass(frozen=True)
@@ -253,3 +258,94 @@ def load_prompter_weights(model: ForgeryPrompter,  # FPN to fill
                        f"{'…' if len(missing) > 10 else ''}, unexpected {sorted(unexpected)[:10]}"
                        f"{'…' if len(unexpected) > 10 else ''}")
     return model
+
+# %% ../../nbs/26_models.prompter.ipynb #9309cfa9
+@dataclass
+class RegionPrediction:
+    "Regions used for the instruction and the mask branch."
+    regions: Tensor                    # (B, 21) bool
+    logits: Tensor | None = None       # (B, 21) FPN logits when an FPN produced them
+
+
+class FPNRegions(nn.Module):
+    "Regions predicted by the frozen Forgery Prompter Network (`bt5i.py`: no_grad, `sigmoid(logits) > 0.5`)."
+    def __init__(self, prompter: ForgeryPrompter, threshold: float = 0.5):
+        super().__init__()
+        self.prompter, self.threshold = prompter, threshold
+
+    def forward(self, image: Tensor, multilabel: Tensor | None = None) -> RegionPrediction:
+        with torch.no_grad(): logits = self.prompter(image).logits.float()
+        return RegionPrediction(predicted_regions(logits, self.threshold), logits)
+
+
+class GroundTruthRegions(nn.Module):
+    "Ground-truth regions (`multilabel`), as in the paper's ground-truth-prompt ablation and official pre-training."
+    def forward(self, image: Tensor, multilabel: Tensor | None = None) -> RegionPrediction:
+        if multilabel is None: raise ValueError("prompts='gt' needs the ground-truth multilabel of every sample")
+        return RegionPrediction(multilabel.to(image.device) > 0.5)
+
+
+class NoRegions(nn.Module):
+    "No regions: the instruction without a region list (the 'without FPN prompts' ablation)."
+    def forward(self, image: Tensor, multilabel: Tensor | None = None) -> RegionPrediction:
+        return RegionPrediction(torch.zeros(image.shape[0], len(REGIONS), dtype=torch.bool, device=image.device))
+
+# %% ../../nbs/26_models.prompter.ipynb #ae0da394
+class TagGate(nn.Module):
+    "Gate probability `(B, 21)` per region: region-name BERT tokens cross-attend to image patches (`bt5i.py`)."
+    def __init__(self, *, tag_encoder: BertModel,  # BERT over the region names (official bert-base-uncased)
+                 vision_dim: int,  # width of the image tokens
+                 tag_ids: Tensor,  # (21, L) BERT ids of `[CLS] name [SEP]`, padded
+                 tag_mask: Tensor,  # (21, L) their attention mask
+                 num_heads: int = 8,  # heads of the cross-attention
+                ):
+        super().__init__()
+        h = tag_encoder.config.hidden_size
+        self.tag_encoder = tag_encoder
+        self.trans_layer = nn.Linear(vision_dim, h)
+        self.cross_attention = nn.MultiheadAttention(h, num_heads, batch_first=True)
+        self.fc_layer = nn.Linear(h, 1)
+        self.register_buffer("tag_ids", tag_ids.long(), persistent=False)
+        self.register_buffer("tag_mask", tag_mask.long(), persistent=False)
+
+    def forward(self, image_embeds: Tensor,  # (B, 1 + N, C) vision tokens
+               ) -> Tensor:
+        "Gate probabilities `(B, R)`."
+        tags = self.tag_encoder(input_ids=self.tag_ids, attention_mask=self.tag_mask).last_hidden_state  # (R, L, H)
+        R, L, H = tags.shape
+        B = image_embeds.shape[0]
+        kv = self.trans_layer(image_embeds[:, 1:].to(self.trans_layer.weight.dtype))                  # (B, N, H)
+        q = tags.reshape(1, R * L, H).expand(B, -1, -1).to(kv.dtype)                                   # (B, R*L, H)
+        out, _ = self.cross_attention(q, kv, kv, need_weights=False)                                   # (B, R*L, H)
+        gate = torch.sigmoid(self.fc_layer(out)).view(B, R, L)                                         # per token
+        # DEVIATION: the official mean also covers the padding of `padding='longest'` over the image's FPN positives.
+        m = self.tag_mask.to(gate.dtype)
+        return (gate * m).sum(-1) / m.sum(-1)                                                          # (B, R)
+
+
+def tag_token_table(tokenizer: PreTrainedTokenizerBase, regions: Sequence[str] = REGIONS) -> tuple[Tensor, Tensor]:
+    "BERT ids and mask `(R, L)` of each region name (`[CLS] name [SEP]`, padded to the longest)."
+    enc = tokenizer(list(regions), padding="longest", return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+@dataclass(frozen=True)
+class TagGateConfig:
+    "Official 'tag gating' branch: a BERT over region names cross-attending to image patches (`bt5i.py`)."
+    enabled: bool = True
+    hidden_size: int = 768             # bert-base-uncased
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    cross_attention_heads: int = 8     # official `gate_cross_attention_layer = MHA(768, 8)`
+
+def build_tag_gate(cfg: TagGateConfig, vision_dim: int, tokenizer: PreTrainedTokenizerBase) -> TagGate | None:
+    "The tag-gating branch (None when disabled)."
+    if not cfg.enabled: return None
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                                num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size),
+                     add_pooling_layer=False)
+    ids, mask = tag_token_table(tokenizer)
+    return TagGate(tag_encoder=bert, vision_dim=vision_dim, tag_ids=ids, tag_mask=mask,
+                   num_heads=cfg.cross_attention_heads)
+

@@ -37,6 +37,7 @@ class QFormerConfig:
     initializer_range: float = 0.02      # also the std of the query tokens (LAVIS `init_Qformer`)
     pad_token_id: int = 0
     attn_implementation: str = "sdpa"    # 'sdpa' | 'eager'
+    max_txt_len: int = 128               # instruction tokens of an instruction-aware Q-Former (InstructBLIP `max_txt_len`)
 
     def hf_config(self):
         "The equivalent transformers `InstructBlipQFormerConfig`."

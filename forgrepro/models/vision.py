@@ -22,8 +22,8 @@ from torch import Tensor, nn
 # %% auto #0
 __all__ = ['VIT_PRESETS', 'EVA_PRESETS', 'FACE_PRESETS', 'ViTConfig', 'ConvStem', 'make_stem', 'ViTEncoder',
            'interpolate_pos_embed', 'select_prefix', 'load_state_into', 'load_vit_weights', 'EvaViTConfig',
-           'Blip2VisionEncoder', 'load_blip2_vision_weights', 'FaceEncoderConfig', 'FaceEncoder',
-           'load_face_encoder_weights', 'load_shipped_lite0']
+           'Blip2VisionEncoder', 'load_blip2_vision_weights', 'build_instructblip_vision', 'FaceEncoderConfig',
+           'FaceEncoder', 'load_face_encoder_weights', 'load_shipped_lite0']
 
 # %% ../../nbs/20_models.vision.ipynb #bce1c252
 @dataclass(frozen=True)
@@ -147,6 +147,7 @@ class EvaViTConfig:
     intermediate_size: int = 6144
     attn_implementation: str = "sdpa"
     stem: str = "patch"      # 'patch': BLIP-2's patchify conv | 'conv': `ConvStem` (tiny recipe only, see above)
+    initializer_range: float = 1e-10   # transformers' EVA default (weights are loaded); use 0.02 from scratch
 
     @property
     def num_patches(self) -> int: return (self.image_size // self.patch_size) ** 2
@@ -160,7 +161,8 @@ class Blip2VisionEncoder(nn.Module):
         super().__init__()
         from transformers import Blip2VisionConfig, Blip2VisionModel
         hf = Blip2VisionConfig(hidden_size=cfg.width, intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.depth,
-                               num_attention_heads=cfg.heads, image_size=cfg.image_size, patch_size=cfg.patch_size)
+                               num_attention_heads=cfg.heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
+                               initializer_range=cfg.initializer_range)
         hf._attn_implementation = cfg.attn_implementation
         self.cfg, self.model = cfg, Blip2VisionModel(hf)
         if cfg.stem != "patch": self.model.embeddings.patch_embedding = make_stem(cfg.stem, cfg.width, cfg.patch_size)
@@ -183,6 +185,18 @@ def load_blip2_vision_weights(encoder: Blip2VisionEncoder,
     for f in files: state.update(select_prefix(load_file(str(f)), prefix))
     load_state_into(encoder.model, state, f"BLIP-2 ViT from {path}", strict)
     return encoder
+
+# %% ../../nbs/20_models.vision.ipynb #0f6eb5aa
+def build_instructblip_vision(cfg: EvaViTConfig = EvaViTConfig()) -> nn.Module:
+    "transformers `InstructBlipVisionModel` (random init): `pixel_values` (B, 3, H, W) -> `last_hidden_state` (B, 1+N, C)."
+    from transformers import InstructBlipVisionConfig
+    from transformers.models.instructblip.modeling_instructblip import InstructBlipVisionModel
+    model = InstructBlipVisionModel(InstructBlipVisionConfig(
+        hidden_size=cfg.width, intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
+        initializer_range=cfg.initializer_range, attn_implementation=cfg.attn_implementation))
+    if cfg.stem != "patch": model.embeddings.patch_embedding = make_stem(cfg.stem, cfg.width, cfg.patch_size)
+    return model
 
 # %% ../../nbs/20_models.vision.ipynb #f0cb3ada
 @dataclass(frozen=True)
