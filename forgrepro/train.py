@@ -334,6 +334,209 @@ def _add_issues(report: IssueReport, items) -> None:
 def _banner(accelerator, text: str) -> None:
     accelerator.print(f"\n{'=' * 100}\n[forgrepro.fit] {text}\n{'=' * 100}")
 
+# %% ../nbs/50_train.ipynb #b898254d
+class _Run:
+    "One `fit` call: what `_prepare` built (model, optimiser, schedule, data, loop state) and the steps of the loop."
+    def __init__(self, task: Task, cfg: TrainConfig, acc, callbacks: Sequence[Callback]):
+        self.task, self.cfg, self.acc, self.callbacks = task, cfg, acc, tuple(callbacks)
+        self.world, self.rank, self.main = acc.num_processes, acc.process_index, acc.is_main_process
+        self.run_dir = Path(cfg.out_dir)
+        self.resumed_from: Path | None = None
+        self.epoch, self.lrs = 0, []
+
+    # --- resume ------------------------------------------------------------------------------------------------------
+    def resume(self, model: nn.Module, resume: bool | str | os.PathLike) -> None:
+        "Continue from a complete checkpoint (`out_dir/last`, or the path given) or announce a fresh start."
+        acc, state, run_dir = self.acc, self.state, self.run_dir
+        ckpt = run_dir / "last" if resume is True else (Path(resume) if resume else None)
+        if ckpt is not None and self.main: recover_checkpoint(ckpt)
+        acc.wait_for_everyone()
+        if resume is not True and resume and not (ckpt / "checkpoint.json").exists():
+            raise FileNotFoundError(f"resume={resume!r}: no complete checkpoint there")
+        self.resumed_from = ckpt if ckpt is not None and (ckpt / "checkpoint.json").exists() else None
+        if self.resumed_from is not None:
+            self._restore(model)
+            _banner(acc, f"RESUMING '{self.task.name}' from {self.resumed_from} at step {state.step}/{state.final_step} "
+                         f"(epoch {state.epoch}, step {state.step % state.steps_per_epoch}/{state.steps_per_epoch} of the "
+                         f"epoch; best {state.best_metric})")
+        else:
+            if resume is True and (run_dir / "history.jsonl").exists():
+                warnings.warn(f"{run_dir} has a history but no checkpoint; starting over and overwriting it")
+            _banner(acc, f"STARTING '{self.task.name}' FROM SCRATCH: weights as built by task.build_model() (no checkpoint "
+                         f"{'in ' + str(run_dir / 'last') if resume else 'requested'}); {state.final_step} steps of "
+                         f"{state.steps_per_epoch}/epoch")
+        if self.main:
+            save_json({"task": self.task.name, "train": config_to_dict(self.cfg), "world_size": self.world}, run_dir / "config.json")
+            with open(run_dir / "history.jsonl", "w") as f:
+                for rec in state.history: f.write(json.dumps(rec) + "\n")
+
+    def _restore(self, model: nn.Module) -> None:
+        "Weights, optimiser, schedule, loop state and (same world size) this process's RNG, log window and data issues."
+        saved, cfg, state = load_state(self.resumed_from), self.cfg, self.state
+        ours, theirs = config_to_dict(cfg), saved["config"]
+        changed = sorted(k for k in set(ours) | set(theirs) if k not in _RESUME_SAFE and ours.get(k) != theirs.get(k))
+        if changed:
+            raise ValueError(f"{self.resumed_from}: the run was started with a different config ({', '.join(f'{k}: {theirs.get(k)!r} -> {ours.get(k)!r}' for k in changed)}); "
+                             "resume with the same settings, or start a new out_dir / pass resume=False")
+        load_checkpoint(self.resumed_from, model, self.optimizer, self.schedule)
+        for k in ("step", "best_metric", "best_step", "last_metrics", "last_eval_step", "history"): setattr(state, k, saved[k])
+        state.last_checkpoint_step = saved["step"]
+        ranks = saved["ranks"]
+        if len(ranks) == self.world:
+            restore_rng_state(ranks[self.rank]["rng"])
+            self.meter.load_state_dict(ranks[self.rank]["meter"], self.acc.device)
+            _add_issues(self.issues, [Issue(**i) for i in ranks[self.rank]["issues"]])
+        else:
+            warnings.warn(f"checkpoint written by {len(ranks)} processes, resuming on {self.world}: data shards and RNG streams "
+                          "differ from the original run (it continues, but not bitwise)")
+            if self.main: _add_issues(self.issues, [Issue(**i) for r in ranks for i in r["issues"]])
+
+    # --- the loop's steps --------------------------------------------------------------------------------------------
+    def epoch_batches(self):
+        "(index, micro-batch) pairs of the rest of the current epoch (mid-epoch after a resume), the model in train mode."
+        self.epoch = self.state.epoch
+        self.sampler.set_epoch(self.epoch, start=(self.state.step % self.state.steps_per_epoch) * self.cfg.grad_accum)
+        self.model.train()
+        return enumerate(self.loader)
+
+    def train_step(self, micro: int, batch) -> bool:
+        "Forward, loss and backward of one micro-batch; True when it completed an optimiser step (`grad_accum` of them)."
+        from accelerate.utils import send_to_device
+        acc, cfg, state = self.acc, self.cfg, self.state
+        if micro % cfg.grad_accum == 0: self.lrs = self.schedule.apply(state.step)
+        _add_issues(self.issues, getattr(batch, "skipped", None))
+        batch = send_to_device(batch, acc.device, non_blocking=True)
+        progress = Progress(epoch=self.epoch, step=state.step, steps_per_epoch=state.steps_per_epoch, total_steps=state.total_steps)
+        with acc.accumulate(self.model):
+            with acc.autocast():
+                loss = self.task.loss(self.model(batch), batch, progress)
+            acc.backward(loss.total)
+            if acc.sync_gradients and cfg.clip_grad_norm is not None: acc.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.meter.add(loss)
+        if not acc.sync_gradients: return False
+        state.step += 1
+        return True
+
+    def log(self, record: dict) -> None:
+        self.state.history.append(record)
+        if self.main:
+            with open(self.run_dir / "history.jsonl", "a") as f: f.write(json.dumps(record) + "\n")
+
+    def log_train(self, bar) -> None:
+        "Every `log_every` steps (and at the last): the mean loss parts since the previous log, and the lrs."
+        state = self.state
+        if state.step % self.cfg.log_every == 0 or state.step == state.final_step:
+            parts = self.meter.pop(self.acc)
+            self.log({"step": state.step, "epoch": state.step / state.steps_per_epoch, "lr": self.lrs[0],
+                      **{f"lr/{n}": v for n, v in zip(self.group_names, self.lrs)}, **{f"train/{k}": v for k, v in parts.items()}})
+            bar.set_postfix(loss=f"{parts.get('loss', float('nan')):.4f}", lr=f"{self.lrs[0]:.2e}")
+
+    def _epoch_end(self) -> bool: return self.state.step % self.state.steps_per_epoch == 0
+
+    def eval_due(self) -> bool:
+        return self.evaluator is not None and ((self.state.step % self.cfg.eval_every == 0) if self.cfg.eval_every else self._epoch_end())
+
+    def checkpoint_due(self) -> bool:
+        return (self.state.step % self.cfg.checkpoint_every == 0) if self.cfg.checkpoint_every else self._epoch_end()
+
+    def evaluate(self) -> None:
+        "Evaluate on the validation loader, log `val/*`, and write `best/` on a new best primary metric."
+        acc, state = self.acc, self.state
+        metrics = evaluate(self.model, self.evaluator, self.val_loader, accelerator=acc, max_batches=self.cfg.max_eval_batches)
+        state.last_metrics, state.last_eval_step = metrics, state.step
+        self.log({"step": state.step, "epoch": state.step / state.steps_per_epoch, **{f"val/{k}": v for k, v in metrics.items()}})
+        primary = self.evaluator.primary
+        if primary not in metrics:
+            raise KeyError(f"evaluator's primary metric {primary!r} is not among {sorted(metrics)}")
+        value = metrics[primary]
+        if state.best_metric is None or value > state.best_metric:  # strict '>' as the official `train.py`
+            state.best_metric, state.best_step = value, state.step
+            if self.main:
+                save_checkpoint(self.run_dir / "best", model=acc.unwrap_model(self.model), state={
+                    "step": state.step, "metrics": metrics, "primary": primary, "config": config_to_dict(self.cfg)})
+            acc.wait_for_everyone()
+        self.notify("eval")
+
+    def save_last(self) -> None:
+        "Write the resumable `last/` checkpoint (every process's RNG, log window and data issues included)."
+        from accelerate.utils import gather_object
+        acc, state = self.acc, self.state
+        mine = {"rng": capture_rng_state(), "meter": self.meter.state_dict(),
+                "issues": [dataclasses.asdict(i) for i in self.issues.issues]}
+        ranks = gather_object([mine]) if self.world > 1 else [mine]
+        if self.main:
+            save_checkpoint(self.run_dir / "last", model=acc.unwrap_model(self.model), optimizer=self.optimizer,
+                            scheduler=self.schedule, state={
+                "step": state.step, "epoch": state.epoch, "best_metric": state.best_metric, "best_step": state.best_step,
+                "last_metrics": state.last_metrics, "last_eval_step": state.last_eval_step, "history": state.history,
+                "config": config_to_dict(self.cfg), "task": self.task.name, "ranks": ranks})
+        state.last_checkpoint_step = state.step
+        acc.wait_for_everyone()
+
+    def notify(self, event: str) -> None:
+        for cb in self.callbacks: cb(event, self.state)
+
+    def finish(self) -> FitResult:
+        "A last evaluation and `last/` unless the final step wrote them, the merged data issues and `metrics.json`."
+        from accelerate.utils import gather_object
+        acc, state = self.acc, self.state
+        if self.evaluator is not None and state.last_eval_step != state.step: self.evaluate()
+        if state.last_checkpoint_step != state.step: self.save_last()
+        merged = IssueReport()
+        for rec in (gather_object([self.issues.issues]) if self.world > 1 else [self.issues.issues]): _add_issues(merged, rec)
+        if self.main:
+            save_json(merged.to_dict(), self.run_dir / "issues.json")
+            write_metrics(state.last_metrics, self.run_dir, device=acc.device,
+                          extra={"task": self.task.name, "step": state.step, "best_step": state.best_step, "world_size": self.world})
+            if len(merged): acc.print(f"[forgrepro.fit] data issues: {merged!r} (see {self.run_dir / 'issues.json'})")
+        self.notify("end")
+        acc.wait_for_everyone()
+        return FitResult(self.run_dir, state, dict(state.last_metrics), acc.unwrap_model(self.model), merged, self.resumed_from)
+
+
+def _prepare(task: Task, train_loader_fn: Callable[[], Any], val_loader_fn: Callable[[], Any] | None, cfg: TrainConfig,
+             accelerator, resume: bool | str | os.PathLike, callbacks: Sequence[Callback]) -> _Run:
+    "Build model, optimiser and schedule (same initialisation on every process), resume or start, and set up the data."
+    acc = accelerator or make_accelerator(cfg)
+    if acc.gradient_accumulation_steps != cfg.grad_accum:
+        raise ValueError(f"accelerator accumulates {acc.gradient_accumulation_steps} micro-batches but cfg.grad_accum={cfg.grad_accum}")
+    acc.step = 0  # accumulation counter: every run (and every resume) starts at a step boundary
+    run = _Run(task, cfg, acc, callbacks)
+    if run.main: run.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # model and optimiser: identical initialisation on every process, then per-process seeds (HAMMER train.py: seed + rank)
+    seed_everything(cfg.seed, cfg.deterministic)
+    model = task.build_model()
+    run.optimizer = _optimizer(model, task.param_groups(model), cfg)
+    seed_everything(cfg.seed + run.rank, cfg.deterministic)
+
+    dataset, collate = _train_data(train_loader_fn(), cfg)
+    micro_per_epoch = len(dataset) // (cfg.batch_size * run.world)
+    spe = micro_per_epoch // cfg.grad_accum
+    if spe == 0:
+        raise ValueError(f"{len(dataset)} training samples give no full optimiser step of "
+                         f"{cfg.batch_size} × {run.world} processes × {cfg.grad_accum} accumulation")
+    total = cfg.epochs * spe
+    run.state = TrainState(steps_per_epoch=spe, total_steps=total, final_step=min(total, cfg.max_steps or total))
+    run.schedule = LRSchedule(run.optimizer, cfg, spe)
+    run.meter, run.issues = _Meter(), IssueReport()
+    run.resume(model, resume)
+
+    run.model, run.optimizer = acc.prepare(model, run.optimizer)
+    run.val_loader = val_loader_fn() if val_loader_fn is not None else None
+    if run.val_loader is not None and run.world > 1: run.val_loader = acc.prepare_data_loader(run.val_loader)
+    run.evaluator = task.evaluator() if run.val_loader is not None else None
+    groups = task.sample_groups(dataset) if hasattr(task, "sample_groups") else None  # e.g. M4-BLIP: one news id together
+    run.sampler = EpochBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed, num_replicas=run.world, rank=run.rank,
+                                    num_batches=spe * cfg.grad_accum, groups=groups)
+    run.loader = DataLoader(SeededDataset(dataset), batch_sampler=run.sampler, collate_fn=collate, num_workers=cfg.num_workers,
+                            worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(cfg.seed),
+                            pin_memory=acc.device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+    run.group_names = [g.get("name", str(i)) for i, g in enumerate(run.optimizer.param_groups)]
+    return run
+
 # %% ../nbs/50_train.ipynb #262a4123
 def fit(task: Task,  # the method: build_model, loss, param_groups, evaluator
         train_loader_fn: Callable[[], Any],  # () -> training DataLoader (batch_size = cfg.batch_size) or map-style Dataset
@@ -345,159 +548,22 @@ def fit(task: Task,  # the method: build_model, loss, param_groups, evaluator
         callbacks: Sequence[Callback] = (),  # called as `cb(event, state)` after each step ('step'), evaluation ('eval') and at the end ('end')
        ) -> FitResult:
     "Train `task` under `cfg` with Accelerate, evaluating, checkpointing (`last/`, `best/`) and resuming exactly."
-    acc = accelerator or make_accelerator(cfg)
-    if acc.gradient_accumulation_steps != cfg.grad_accum:
-        raise ValueError(f"accelerator accumulates {acc.gradient_accumulation_steps} micro-batches but cfg.grad_accum={cfg.grad_accum}")
-    acc.step = 0  # accumulation counter: every run (and every resume) starts at a step boundary
-    world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
-    run_dir = Path(cfg.out_dir)
-    if main: run_dir.mkdir(parents=True, exist_ok=True)
-
-    # model and optimiser: identical initialisation on every process, then per-process seeds (HAMMER train.py: seed + rank)
-    seed_everything(cfg.seed, cfg.deterministic)
-    model = task.build_model()
-    optimizer = _optimizer(model, task.param_groups(model), cfg)
-    seed_everything(cfg.seed + rank, cfg.deterministic)
-
-    dataset, collate = _train_data(train_loader_fn(), cfg)
-    micro_per_epoch = len(dataset) // (cfg.batch_size * world)
-    spe = micro_per_epoch // cfg.grad_accum
-    if spe == 0:
-        raise ValueError(f"{len(dataset)} training samples give no full optimiser step of "
-                         f"{cfg.batch_size} × {world} processes × {cfg.grad_accum} accumulation")
-    total = cfg.epochs * spe
-    state = TrainState(steps_per_epoch=spe, total_steps=total, final_step=min(total, cfg.max_steps or total))
-    schedule = LRSchedule(optimizer, cfg, spe)
-    meter, issues = _Meter(), IssueReport()
-
-    # resume
-    ckpt = run_dir / "last" if resume is True else (Path(resume) if resume else None)
-    if ckpt is not None and main: recover_checkpoint(ckpt)
-    acc.wait_for_everyone()
-    if resume is not True and resume and not (ckpt / "checkpoint.json").exists():
-        raise FileNotFoundError(f"resume={resume!r}: no complete checkpoint there")
-    resumed_from = ckpt if ckpt is not None and (ckpt / "checkpoint.json").exists() else None
-    if resumed_from is not None:
-        saved = load_state(resumed_from)
-        ours, theirs = config_to_dict(cfg), saved["config"]
-        changed = sorted(k for k in set(ours) | set(theirs) if k not in _RESUME_SAFE and ours.get(k) != theirs.get(k))
-        if changed:
-            raise ValueError(f"{resumed_from}: the run was started with a different config ({', '.join(f'{k}: {theirs.get(k)!r} -> {ours.get(k)!r}' for k in changed)}); "
-                             "resume with the same settings, or start a new out_dir / pass resume=False")
-        load_checkpoint(resumed_from, model, optimizer, schedule)
-        for k in ("step", "best_metric", "best_step", "last_metrics", "last_eval_step", "history"): setattr(state, k, saved[k])
-        state.last_checkpoint_step = saved["step"]
-        ranks = saved["ranks"]
-        if len(ranks) == world:
-            restore_rng_state(ranks[rank]["rng"])
-            meter.load_state_dict(ranks[rank]["meter"], acc.device)
-            _add_issues(issues, [Issue(**i) for i in ranks[rank]["issues"]])
-        else:
-            warnings.warn(f"checkpoint written by {len(ranks)} processes, resuming on {world}: data shards and RNG streams "
-                          "differ from the original run (it continues, but not bitwise)")
-            if main: _add_issues(issues, [Issue(**i) for r in ranks for i in r["issues"]])
-        _banner(acc, f"RESUMING '{task.name}' from {resumed_from} at step {state.step}/{state.final_step} "
-                     f"(epoch {state.epoch}, step {state.step % spe}/{spe} of the epoch; best {state.best_metric})")
-    else:
-        if resume is True and (run_dir / "history.jsonl").exists():
-            warnings.warn(f"{run_dir} has a history but no checkpoint; starting over and overwriting it")
-        _banner(acc, f"STARTING '{task.name}' FROM SCRATCH: weights as built by task.build_model() (no checkpoint "
-                     f"{'in ' + str(run_dir / 'last') if resume else 'requested'}); {state.final_step} steps of {spe}/epoch")
-    if main:
-        save_json({"task": task.name, "train": config_to_dict(cfg), "world_size": world}, run_dir / "config.json")
-        with open(run_dir / "history.jsonl", "w") as f:
-            for rec in state.history: f.write(json.dumps(rec) + "\n")
-
-    model, optimizer = acc.prepare(model, optimizer)
-    val_loader = val_loader_fn() if val_loader_fn is not None else None
-    if val_loader is not None and world > 1: val_loader = acc.prepare_data_loader(val_loader)
-    evaluator = task.evaluator() if val_loader is not None else None
-    groups = task.sample_groups(dataset) if hasattr(task, "sample_groups") else None  # e.g. M4-BLIP: one news id together
-    sampler = EpochBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed, num_replicas=world, rank=rank,
-                                num_batches=spe * cfg.grad_accum, groups=groups)
-    loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
-                        worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(cfg.seed),
-                        pin_memory=acc.device.type == "cuda", persistent_workers=cfg.num_workers > 0)
-    from accelerate.utils import gather_object, send_to_device
-
-    def log(record: dict) -> None:
-        state.history.append(record)
-        if main:
-            with open(run_dir / "history.jsonl", "a") as f: f.write(json.dumps(record) + "\n")
-
-    def run_eval() -> None:
-        metrics = evaluate(model, evaluator, val_loader, accelerator=acc, max_batches=cfg.max_eval_batches)
-        state.last_metrics, state.last_eval_step = metrics, state.step
-        log({"step": state.step, "epoch": state.step / spe, **{f"val/{k}": v for k, v in metrics.items()}})
-        if evaluator.primary not in metrics:
-            raise KeyError(f"evaluator's primary metric {evaluator.primary!r} is not among {sorted(metrics)}")
-        value = metrics[evaluator.primary]
-        if state.best_metric is None or value > state.best_metric:  # strict '>' as the official `train.py`
-            state.best_metric, state.best_step = value, state.step
-            if main:
-                save_checkpoint(run_dir / "best", model=acc.unwrap_model(model), state={
-                    "step": state.step, "metrics": metrics, "primary": evaluator.primary, "config": config_to_dict(cfg)})
-            acc.wait_for_everyone()
-        for cb in callbacks: cb("eval", state)
-
-    def save_last() -> None:
-        mine = {"rng": capture_rng_state(), "meter": meter.state_dict(), "issues": [dataclasses.asdict(i) for i in issues.issues]}
-        ranks = gather_object([mine]) if world > 1 else [mine]
-        if main:
-            save_checkpoint(run_dir / "last", model=acc.unwrap_model(model), optimizer=optimizer, scheduler=schedule, state={
-                "step": state.step, "epoch": state.epoch, "best_metric": state.best_metric, "best_step": state.best_step,
-                "last_metrics": state.last_metrics, "last_eval_step": state.last_eval_step, "history": state.history,
-                "config": config_to_dict(cfg), "task": task.name, "ranks": ranks})
-        state.last_checkpoint_step = state.step
-        acc.wait_for_everyone()
-
-    names = [g.get("name", str(i)) for i, g in enumerate(optimizer.param_groups)]
-    bar = tqdm(total=state.final_step, initial=state.step, desc=task.name, disable=not acc.is_local_main_process, dynamic_ncols=True)
+    run = _prepare(task, train_loader_fn, val_loader_fn, cfg, accelerator, resume, callbacks)  # model, data, resume
+    state = run.state
+    bar = tqdm(total=state.final_step, initial=state.step, desc=task.name, disable=not run.acc.is_local_main_process,
+               dynamic_ncols=True)
     try:
         while state.step < state.final_step:
-            epoch = state.epoch
-            sampler.set_epoch(epoch, start=(state.step % spe) * cfg.grad_accum)
-            model.train()
-            for micro, batch in enumerate(loader):
-                if micro % cfg.grad_accum == 0: lrs = schedule.apply(state.step)
-                _add_issues(issues, getattr(batch, "skipped", None))
-                batch = send_to_device(batch, acc.device, non_blocking=True)
-                progress = Progress(epoch=epoch, step=state.step, steps_per_epoch=spe, total_steps=total)
-                with acc.accumulate(model):
-                    with acc.autocast():
-                        loss = task.loss(model(batch), batch, progress)
-                    acc.backward(loss.total)
-                    if acc.sync_gradients and cfg.clip_grad_norm is not None: acc.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                meter.add(loss)
-                if not acc.sync_gradients: continue
-                state.step += 1
+            for micro, batch in run.epoch_batches():
+                if not run.train_step(micro, batch): continue      # still accumulating micro-batches
                 bar.update(1)
-                if state.step % cfg.log_every == 0 or state.step == state.final_step:
-                    parts = meter.pop(acc)
-                    log({"step": state.step, "epoch": state.step / spe, "lr": lrs[0],
-                         **{f"lr/{n}": v for n, v in zip(names, lrs)}, **{f"train/{k}": v for k, v in parts.items()}})
-                    bar.set_postfix(loss=f"{parts.get('loss', float('nan')):.4f}", lr=f"{lrs[0]:.2e}")
-                epoch_end = state.step % spe == 0
-                if evaluator is not None and ((state.step % cfg.eval_every == 0) if cfg.eval_every else epoch_end):
-                    run_eval()
-                if (state.step % cfg.checkpoint_every == 0) if cfg.checkpoint_every else epoch_end: save_last()
-                for cb in callbacks: cb("step", state)
+                run.log_train(bar)
+                if run.eval_due(): run.evaluate()                  # `val/*` in the history; `best/` on a new best
+                if run.checkpoint_due(): run.save_last()           # resumable `last/`
+                run.notify("step")
                 if state.step >= state.final_step: break
     except StopTraining:
-        acc.print(f"[forgrepro.fit] stopped by a callback at step {state.step}")
+        run.acc.print(f"[forgrepro.fit] stopped by a callback at step {state.step}")
     finally:
         bar.close()
-    if evaluator is not None and state.last_eval_step != state.step: run_eval()
-    if state.last_checkpoint_step != state.step: save_last()
-    merged = IssueReport()
-    for rec in (gather_object([issues.issues]) if world > 1 else [issues.issues]): _add_issues(merged, rec)
-    if main:
-        save_json(merged.to_dict(), run_dir / "issues.json")
-        write_metrics(state.last_metrics, run_dir, device=acc.device,
-                      extra={"task": task.name, "step": state.step, "best_step": state.best_step, "world_size": world})
-        if len(merged): acc.print(f"[forgrepro.fit] data issues: {merged!r} (see {run_dir / 'issues.json'})")
-    for cb in callbacks: cb("end", state)
-    acc.wait_for_everyone()
-    return FitResult(run_dir, state, dict(state.last_metrics), acc.unwrap_model(model), merged, resumed_from)
+    return run.finish()                                            # final evaluation / checkpoint, metrics.json
