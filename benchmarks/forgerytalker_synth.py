@@ -40,7 +40,8 @@ import torch
 from forgrepro.data.mmtt import MMTTDataset, find_mmtt_split, read_mmtt
 from forgrepro.data.synth_mmtt import explanation_kind
 from forgrepro.data.text import blip_pre_caption
-from forgrepro.methods import forgerytalker as ft
+from forgrepro.experiment import forgerytalker_run
+from forgrepro.methods.forgerytalker import forgerytalker_tiny
 from forgrepro.metrics.mmtt import caption_metrics, mask_metrics, plm, summarize_mask_metrics
 
 COLS = ("CIDEr", "BLEU-4", "BLEU-1", "METEOR", "ROUGE-L", "PLM", "IoU", "Precision", "Recall", "region_F1", "distinct",
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
         base = out if len(args.seeds) == 1 else out / f"seed{seed}"
         for row in args.rows:
             t0 = time.perf_counter()
-            m = ft.forgerytalker_run(root, base / row, scale="tiny", ablation=row, fpn_dir=base / "fpn", seed=seed,
+            m = forgerytalker_run(root, base / row, scale="tiny", ablation=row, fpn_dir=base / "fpn", seed=seed,
                                      overrides=over, train_overrides=tover)
             preds = json.loads((base / row / "predictions.json").read_text())
             name = row if len(args.seeds) == 1 else f"{row} (seed {seed})"
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
             runs = [results[f"{row} (seed {s})"] for s in args.seeds]
             results[f"{row} (mean)"] = {c: sum(r[c] for r in runs) / len(runs) for c in COLS
                                         if all(isinstance(r.get(c), (int, float)) and r[c] == r[c] for r in runs)}
-    if not args.no_baselines: results |= baselines(root, ft.forgerytalker_tiny().vision.image_size)
+    if not args.no_baselines: results |= baselines(root, forgerytalker_tiny().vision.image_size)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     _print(results)
     if not args.no_baselines:
