@@ -383,7 +383,9 @@ def legend(table: TableDef, cells: list[dict] | None = None) -> str:
                      "every input-blind row (EER: stays below it). — = undefined (e.g. no positive prediction).")
     if any(c["status"] == INPUT_BLIND_BEST for c in cells):
         parts.append(f"{INPUT_BLIND_BEST}: the best value any input-blind predictor reaches on that row's subset "
-                     "(official metric code, same test split; `trivial_baselines.md`); a row is above chance only where it beats it.")
+                     "(official metric code, same test split; `trivial_baselines.md`); a row is above chance only where it "
+                     "beats it. The predictors use the training split's priors and do not know the subset (on a mostly "
+                     "pristine subset the constant 'fake' of a mostly fake dataset scores below a constant 'real').")
     return " ".join(parts)
 
 def render_markdown(table: TableDef, cells: list[dict], *, links: Mapping[str, str] | None = None,
@@ -723,7 +725,7 @@ def render_trivial_baselines(blind: Mapping[str, Mapping[str, Mapping]],  # kind
               "here (EER: stays below). — = undefined (no positive prediction).", ""]
     for kind, d in blind.items():
         cols = BASELINE_COLUMNS[kind]
-        where = f" (`{Path(roots[kind]).name}`)" if roots and roots.get(kind) else ""
+        where = f" (`{'/'.join(Path(roots[kind]).parts[-2:])}`)" if roots and roots.get(kind) else ""
         lines += [f"## {kind.upper()}{where}", "", "| baseline | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
         lines += [f"| {_md_escape(b['label'])} | " + " | ".join(_fmt(b["metrics"].get(c)) for c in cols) + " |" for b in d.values()]
         notes = [f"- {b['label']}: “{b['note']}”" for b in d.values() if b.get("note")]
