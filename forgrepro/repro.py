@@ -893,7 +893,7 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
         return roots[kind]
     from forgrepro.experiment import method_spec
     by_seed: dict[str, dict] = {}
-    run_dirs, ran, skipped, failed, kinds, full_rows = {}, [], [], {}, {}, {}
+    dirs, ran, skipped, failed, kinds, full_rows = {}, [], [], {}, {}, {}
     todo: list[tuple[str, str, int | None, dict]] = []
     for rid in runs:                      # resolve every row first (generates the synthetic data once, here)
         row = load_row(rid, cfg_dir)
@@ -915,7 +915,7 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
             failed[label] = f"{type(e).__name__}: {e}".splitlines()[0][:300]; log(f"[forgrepro.repro] {label} failed: {failed[label]}")
             return
         by_seed.setdefault(rid, {})[seed] = m
-        run_dirs.setdefault(rid, Path(run_dir))
+        dirs.setdefault(rid, {})[seed] = Path(run_dir)
         (ran if did else skipped).append(label)
     def blind() -> dict:                  # input-blind baselines of the test splits the tables use (cached)
         out = {}
@@ -942,8 +942,11 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
                 bar.set_postfix_str(futures[fut][0])
                 done(*futures[fut], fut.result); bar.update()
     bar.close()
-    # one run per row: its metrics as they are (the single-seed tables); several seeds: a SeedRuns per row
-    metrics = {rid: SeedRuns(d) if seeds else d[None] for rid, d in by_seed.items()}
+    # one run per row: its metrics as they are (the single-seed tables); several seeds: a SeedRuns per row, in seed order
+    # (rows finish in any order with --jobs; the reports must not depend on it)
+    metrics = {rid: SeedRuns(sorted(by_seed[rid].items())) if seeds else by_seed[rid][None] for rid in runs if rid in by_seed}
+    # each row links its own folder (the single-seed run), else its lowest seed's
+    run_dirs = {rid: runs_dir / rid if runs_dir / rid in d.values() else d[min(d)] for rid, d in dirs.items()}
     if figures and metrics:
         try:
             execute_notebook(repo_root() / "nbs" / "experiments" / "figures.ipynb", out_dir / "figures" / "figures.ipynb",
