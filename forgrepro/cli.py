@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-processes", type=int, default=0, help="accelerate processes (0 = every visible GPU, else 1)")
     r.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch's default)")
     r.add_argument("--jobs", type=int, default=1, help="rows run at once, each in its own process (e.g. 2 on a 2-core CPU)")
+    r.add_argument("--seeds", type=int, nargs="+", default=None, metavar="K",
+                   help="run every row once per seed (the row's own seed in runs/.../<row>/, others in runs/.../seed<K>/<row>/); "
+                        "cells show mean ± sample sd, ablation tables mark a Δ within the seed spread, and seed_spread.md is written")
+    r.add_argument("--no-baselines", action="store_true",
+                   help="skip the input-blind baselines (table rows and trivial_baselines.md)")
     r.add_argument("--runs", default="runs", help="root of the run folders")
     r.add_argument("--reports", default="reports", help="root of the rendered tables")
     r.add_argument("--no-figures", action="store_true", help="skip nbs/experiments/figures.ipynb")
@@ -79,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tables, runs = repro.plan(args.tables or None)
         for t in tables: print(f"{t.id}: {t.title}  <- rows {t.runs}")
         print(f"{len(runs)} rows: {runs}")
+        if args.seeds: print(f"x {len(set(args.seeds))} seeds {sorted(set(args.seeds))} = {len(runs) * len(set(args.seeds))} runs")
         return 0
     if args.data != "synthetic" and not __import__("pathlib").Path(args.data).is_dir():
         print(f"forgrepro reproduce: --data {args.data!r} is neither 'synthetic' nor a folder", file=sys.stderr)
@@ -87,8 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                           presets=args.preset, force=args.force, launcher=args.launcher,
                           num_processes=_num_processes(args.num_processes, args.device), threads=args.threads, jobs=args.jobs,
                           runs_root=args.runs, reports_root=args.reports, figures=not args.no_figures,
-                          dataset_card=args.dataset_card)
-    print(f"tables in {res['reports']}: ran {len(res['ran'])}, reused {len(res['skipped'])}, not run {len(res['failed'])}")
+                          dataset_card=args.dataset_card, seeds=args.seeds, baselines=not args.no_baselines)
+    print(f"tables in {res['reports']}: ran {len(res['ran'])}, reused {len(res['skipped'])}, not run {len(res['failed'])} "
+          f"({res['seconds'] / 60:.1f} min)")
     for k, v in res["failed"].items(): print(f"  {k}: {v}")
     return 0
 

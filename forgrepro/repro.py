@@ -26,13 +26,16 @@ import yaml
 from .core import env_record, git_sha, load_json, save_json
 
 # %% auto #0
-__all__ = ['SCALES', 'ROW_META', 'NOT_PUBLISHED', 'NOT_REPRODUCED', 'SYNTHETIC_BANNER', 'CSV_FIELDS', 'TRAIN_SCALARS',
-           'CACHE_IGNORED', 'TINY_ROW_SECONDS', 'repo_root', 'load_yaml', 'stack_params', 'RowConfig', 'load_row',
-           'resolve_params', 'TableRow', 'TableDef', 'load_tables', 'PaperValue', 'load_paper_numbers', 'table_cells',
-           'legend', 'render_markdown', 'render_latex', 'render_csv', 'default_cache_dir', 'synthetic_dataset',
-           'row_spec', 'save_dgm4_predictions', 'recipe_of', 'code_fingerprint', 'cache_key', 'is_cached',
-           'expected_seconds', 'kernel_name', 'execute_notebook', 'accelerate_command', 'run_row', 'data_key', 'plan',
-           'render_reports', 'reproduce']
+__all__ = ['SCALES', 'ROW_META', 'DATASETS', 'NOT_PUBLISHED', 'NOT_REPRODUCED', 'INPUT_BLIND', 'INPUT_BLIND_BEST',
+           'SPREAD_FACTOR', 'SYNTHETIC_BANNER', 'CSV_FIELDS', 'TRAIN_SCALARS', 'CACHE_IGNORED', 'TINY_ROW_SECONDS',
+           'HEADLINE_METRICS', 'SPREAD_METRICS', 'BASELINE_COLUMNS', 'BASELINES_DIR', 'REPRODUCIBILITY_NOTE',
+           'repo_root', 'load_yaml', 'stack_params', 'RowConfig', 'load_row', 'resolve_params', 'TableRow', 'TableDef',
+           'load_tables', 'PaperValue', 'load_paper_numbers', 'SeedRuns', 'per_seed', 'seed_stats', 'within_spread',
+           'table_cells', 'legend', 'render_markdown', 'render_latex', 'render_csv', 'default_cache_dir',
+           'synthetic_dataset', 'row_spec', 'save_dgm4_predictions', 'recipe_of', 'code_fingerprint', 'cache_key',
+           'is_cached', 'expected_seconds', 'kernel_name', 'execute_notebook', 'accelerate_command', 'run_row',
+           'seed_run_dir', 'trivial_baselines', 'baseline_rows', 'render_trivial_baselines', 'render_seed_spread',
+           'data_key', 'plan', 'render_reports', 'reproduce']
 
 # %% ../nbs/52_repro.ipynb #e3770d28
 def repo_root() -> Path:
@@ -130,14 +133,17 @@ def resolve_params(row: RowConfig | str,  # a row or its id
 # %% ../nbs/52_repro.ipynb #c3a5cba0
 @dataclass(frozen=True)
 class TableRow:
-    "A printed row: its label, its key in paper_numbers.csv, and the run (and metric prefix) that reproduces it."
+    "A printed row: its label, its key in paper_numbers.csv, the run (and metric prefix) that reproduces it, its reference row."
     label: str                       # as printed
     paper_row: str                   # `row` column of paper_numbers.csv
     run: str | None = None           # configs/rows/<run>.yaml; None = not reproduced here
     prefix: str = ""                 # metric-key prefix in metrics.json ('image/', 'text/', 'face_swap/', ...)
     metric_keys: Mapping[str, str] = field(default_factory=dict)  # metric -> metrics.json key (overrides prefix+metric)
+    ref: str | None = None           # paper_row of the row this one is compared with (ablations: 'Δ vs <ref>' line)
 
     def key(self, metric: str) -> str: return self.metric_keys.get(metric, self.prefix + metric)
+
+DATASETS = ("", "dgm4", "mmtt")  # a table's test split: its input-blind baselines ('' = none)
 
 @dataclass(frozen=True)
 class TableDef:
@@ -148,9 +154,26 @@ class TableDef:
     rows: tuple[TableRow, ...]
     note: str = ""                   # subset definitions, assumptions
     lower_is_better: tuple[str, ...] = ("EER",)
+    dataset: str = ""                # 'dgm4' | 'mmtt': the input-blind baselines shown as rows ('' = none)
+    versions: Mapping[str, str] = field(default_factory=dict)  # paper version label -> what it is (legend)
 
     @property
     def runs(self) -> list[str]: return list(dict.fromkeys(r.run for r in self.rows if r.run))
+
+    def row(self, paper_row: str) -> TableRow:
+        for r in self.rows:
+            if r.paper_row == paper_row: return r
+        raise KeyError(f"table {self.id} has no row {paper_row!r}")
+
+def _check_table(t: TableDef) -> None:
+    if t.dataset not in DATASETS: raise ValueError(f"dataset must be one of {DATASETS}, got {t.dataset!r}")
+    if len({r.label for r in t.rows}) != len(t.rows): raise ValueError("row labels must be unique")
+    if len({r.paper_row for r in t.rows}) != len(t.rows): raise ValueError("paper_row keys must be unique")
+    for r in t.rows:
+        if r.ref is None: continue
+        ref = t.row(r.ref)
+        if ref is r: raise ValueError(f"row {r.label!r} is its own reference")
+        if r.run is None or ref.run is None: raise ValueError(f"row {r.label!r}: a reference needs runs on both rows")
 
 def load_tables(cfg_dir: str | os.PathLike | None = None) -> dict[str, TableDef]:
     "Every `configs/tables/*.yaml`, in file order of their `order:` key (then name)."
@@ -161,8 +184,9 @@ def load_tables(cfg_dir: str | os.PathLike | None = None) -> dict[str, TableDef]
         try:
             rows = tuple(TableRow(**r) for r in d["rows"])
             t = TableDef(f.stem, d["title"], tuple(d["metrics"]), rows, d.get("note", ""),
-                         tuple(d.get("lower_is_better", ("EER",))))
-        except (KeyError, TypeError) as e: raise ValueError(f"{f}: malformed table definition ({e})") from None
+                         tuple(d.get("lower_is_better", ("EER",))), d.get("dataset", ""), dict(d.get("versions") or {}))
+            _check_table(t)
+        except (KeyError, TypeError, ValueError) as e: raise ValueError(f"{f}: malformed table definition ({e})") from None
         found.append((d.get("order", 99), f.stem, t))
     return {t.id: t for _, _, t in sorted(found, key=lambda x: x[:2])}
 
@@ -173,6 +197,7 @@ class PaperValue:
     verified: str                    # 'yes' | 'secondary' | 'unreliable'
     source: str
     note: str = ""
+    version: str = ""                # paper version the number is from ('v1', 'v2', ...), where versions differ
 
 def load_paper_numbers(path: str | os.PathLike | None = None) -> dict[tuple[str, str, str], PaperValue]:
     "`reports/paper_numbers.csv` as {(table, row, metric): PaperValue}."
@@ -180,13 +205,20 @@ def load_paper_numbers(path: str | os.PathLike | None = None) -> dict[tuple[str,
     out = {}
     with open(path, newline="") as fh:
         for i, r in enumerate(csv.DictReader(fh), start=2):
-            try: out[(r["table"], r["row"], r["metric"])] = PaperValue(float(r["value"]), r["verified"], r["source"], r["note"] or "")
+            try:
+                key = (r["table"], r["row"], r["metric"])
+                if key in out: raise ValueError(f"duplicate {key}")
+                out[key] = PaperValue(float(r["value"]), r["verified"], r["source"], r["note"] or "", r.get("version") or "")
             except (KeyError, ValueError) as e: raise ValueError(f"{path}: record {i}: {e}") from None
     return out
+
 
 # %% ../nbs/52_repro.ipynb #e5fd3f6a
 NOT_PUBLISHED = "n/a (not published here)"
 NOT_REPRODUCED = "not reproduced"
+INPUT_BLIND = "input-blind"            # status of a baseline row's cells
+INPUT_BLIND_BEST = "input-blind best"  # status of a row's chance-level line (tables whose rows use several subsets)
+SPREAD_FACTOR = 2.0                    # a Δ between rows is within the seed spread when |mean| <= 2 x sd of the Δ
 SYNTHETIC_BANNER = ("**Synthetic data — not comparable to the paper.** These numbers come from tiny models trained "
                     "for minutes on the built-in synthetic twin of the dataset; they check that the pipeline runs "
                     "end to end. The real-data path is the same command with `--data /path/to/DGM4` (and `--mmtt`).")
@@ -194,63 +226,179 @@ _MARK = {"yes": "", "secondary": "†", "unreliable": "‡"}
 
 def _fmt(v: float | None, nd: int = 2) -> str: return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
 
+class SeedRuns(dict):
+    "One row's metrics from several seeds: {seed: metrics.json}. A plain metrics dict is one run (seed unknown)."
+
+def per_seed(m: Mapping | None) -> dict:
+    "{seed: metrics} of a row: a `SeedRuns` as it is, a plain metrics dict as {None: it}, nothing as {}."
+    return {} if m is None else dict(m) if isinstance(m, SeedRuns) else {None: m}
+
+def _real(v) -> bool: return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+def seed_stats(values: Sequence[float]) -> tuple[float | None, float | None, int]:
+    "(mean, sample standard deviation (n − 1 denominator; None below 2 values), n)."
+    vals = [float(v) for v in values if _real(v)]
+    if not vals: return None, None, 0
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    return mean, sd, len(vals)
+
+def within_spread(mean: float | None, sd: float | None) -> bool | None:
+    "True when a mean Δ is within the seed spread (|mean| ≤ `SPREAD_FACTOR` × sd); None without a spread (one seed)."
+    if mean is None or sd is None: return None
+    return abs(mean) <= SPREAD_FACTOR * sd
+
+def _cell(table: TableDef, label: str, metric: str, **kw) -> dict[str, Any]:
+    base = {"table": table.id, "row": label, "paper_row": "", "metric": metric, "paper": None, "verified": None,
+            "version": "", "ours": None, "sd": None, "n": 0, "values": {}, "delta": None, "status": "", "run": "",
+            "metric_key": "", "source": "", "ref_row": "", "ref_delta": None, "ref_delta_sd": None, "ref_n": 0,
+            "within_spread": None, "paper_ref_delta": None}
+    return base | kw
+
+def _best(values: Iterable[float | None], lower: bool) -> float | None:
+    vals = [v for v in values if _real(v)]
+    return (min(vals) if lower else max(vals)) if vals else None
+
 def table_cells(table: TableDef,
                 paper: Mapping[tuple[str, str, str], PaperValue],
-                metrics: Mapping[str, Mapping[str, float | None]],  # run id -> metrics.json
+                metrics: Mapping[str, Mapping],  # run id -> metrics.json, or a `SeedRuns` of them
+                *,
+                baselines: Mapping[str, Mapping[str, Mapping[str, float | None]]] | None = None,  # dataset -> {label: metrics}
                ) -> list[dict[str, Any]]:
-    "One record per (row, metric): paper value, our value, Δ and their status."
-    cells = []
+    "One record per (row, metric): paper value, ours (mean, sd, n over seeds), Δ, the Δ against the row's reference, and input-blind rows."
+    cells, seeds_of = [], {}
     for r in table.rows:
-        m = metrics.get(r.run) if r.run else None
+        runs = per_seed(metrics.get(r.run)) if r.run else {}
         for metric in table.metrics:
             pv = paper.get((table.id, r.paper_row, metric))
-            ours = None if m is None else m.get(r.key(metric))
-            status = (NOT_REPRODUCED if r.run is None else "not run" if m is None
-                      else "missing metric" if r.key(metric) not in m else "ok")
-            delta = None if (pv is None or ours is None) else ours - pv.value
-            cells.append({"table": table.id, "row": r.label, "paper_row": r.paper_row, "metric": metric,
-                          "paper": None if pv is None else pv.value, "verified": None if pv is None else pv.verified,
-                          "ours": ours, "delta": delta, "status": status, "run": r.run or "",
-                          "metric_key": r.key(metric) if r.run else "", "source": "" if pv is None else pv.source})
+            key = r.key(metric)
+            vals = {s: m.get(key) for s, m in runs.items() if _real(m.get(key))}
+            mean, sd, n = seed_stats(list(vals.values()))
+            status = (NOT_REPRODUCED if r.run is None else "not run" if not runs
+                      else "missing metric" if not any(key in m for m in runs.values()) else "ok")
+            cells.append(_cell(table, r.label, metric, paper_row=r.paper_row, paper=None if pv is None else pv.value,
+                               verified=None if pv is None else pv.verified, version="" if pv is None else pv.version,
+                               ours=mean, sd=sd, n=n, values=vals, status=status, run=r.run or "",
+                               delta=None if (pv is None or mean is None) else mean - pv.value,
+                               metric_key=key if r.run else "", source="" if pv is None else pv.source))
+            seeds_of[(r.paper_row, metric)] = vals
+    for c in cells:                       # Δ against the reference row, paired by seed
+        r = table.row(c["paper_row"])
+        if r.ref is None: continue
+        ref, mine = table.row(r.ref), seeds_of[(r.paper_row, c["metric"])]
+        theirs = seeds_of[(ref.paper_row, c["metric"])]
+        mean, sd, n = seed_stats([mine[s] - theirs[s] for s in mine if s in theirs])
+        pr = paper.get((table.id, ref.paper_row, c["metric"]))
+        c |= {"ref_row": ref.label, "ref_delta": mean, "ref_delta_sd": sd, "ref_n": n, "within_spread": within_spread(mean, sd),
+              "paper_ref_delta": None if c["paper"] is None or pr is None else c["paper"] - pr.value}
+    rows = (baselines or {}).get(table.dataset) or {}
+    prefixes = list(dict.fromkeys(r.prefix for r in table.rows if r.run))
+    if rows and len(prefixes) == 1:       # one test subset: each input-blind predictor is a row
+        for label, bm in rows.items():
+            for metric in table.metrics:
+                v = bm.get(prefixes[0] + metric)
+                cells.append(_cell(table, f"{INPUT_BLIND}: {label}", metric, ours=v if _real(v) else None,
+                                   n=int(_real(v)), status=INPUT_BLIND, metric_key=prefixes[0] + metric))
+    elif rows:                            # rows on different subsets: each row's best input-blind value on its subset
+        for r in (r for r in table.rows if r.run):
+            for metric in table.metrics:
+                v = _best((bm.get(r.prefix + metric) for bm in rows.values()), metric in table.lower_is_better)
+                cells.append(_cell(table, r.label, metric, paper_row=r.paper_row, ours=v, n=int(v is not None),
+                                   status=INPUT_BLIND_BEST, metric_key=r.prefix + metric))
     return cells
+
 
 # %% ../nbs/52_repro.ipynb #63d72393
 def _md_escape(s: str) -> str: return s.replace("|", "\\|")
 
+_TEX = {"Δ": r"$\Delta$", "—": "--", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "→": r"$\to$", "±": r"$\pm$", "≈": r"$\approx$",
+        "≤": r"$\le$", "×": r"$\times$", "−": r"$-$"}
+
 def _tex_escape(s: str) -> str:
-    return re.sub(r"([&%_#$])", r"\\\1", s).replace("Δ", r"$\Delta$").replace("—", "--").replace("†", r"$^\dagger$").replace("‡", r"$^\ddagger$").replace("→", r"$\to$")
+    s = re.sub(r"([&%_#$])", r"\\\1", s)
+    for k, v in _TEX.items(): s = s.replace(k, v)
+    return s
 
-def _blocks(table: TableDef, cells: list[dict], links: Mapping[str, str]) -> list[tuple[str, str, list[str]]]:
-    "(row label, line kind, cell texts) for the paper / ours / Δ lines of every row."
-    out, by = [], {}
-    for c in cells: by.setdefault(c["row"], []).append(c)
+def _paper_text(c: dict) -> str:
+    if c["paper"] is None: return NOT_PUBLISHED
+    return _fmt(c["paper"]) + _MARK.get(c["verified"], "") + (f" [{c['version']}]" if c.get("version") else "")
+
+def _ours_text(c: dict, n_max: int) -> str:
+    if c["status"] not in ("ok", INPUT_BLIND, INPUT_BLIND_BEST): return c["status"]
+    if c["ours"] is None: return "—"
+    s = _fmt(c["ours"]) + (f" ± {_fmt(c['sd'])}" if c["sd"] is not None else "")
+    return s + (f" (n={c['n']})" if c["status"] == "ok" and n_max > 1 and c["n"] < n_max else "")
+
+def _ref_text(c: dict) -> str:
+    if c["ref_delta"] is None: return "—"
+    s = f"{c['ref_delta']:+.2f}" + (f" ± {_fmt(c['ref_delta_sd'])}" if c["ref_delta_sd"] is not None else "")
+    s += " ≈" if c["within_spread"] else ""
+    return s + (f" (paper {c['paper_ref_delta']:+.2f})" if c["paper_ref_delta"] is not None else "")
+
+def _n_max(cells: list[dict]) -> int: return max([c["n"] for c in cells if c["status"] == "ok"] or [0])
+
+def _blocks(table: TableDef, cells: list[dict], links: Mapping[str, str]) -> list[list[tuple[str, str, list[str]]]]:
+    "Per printed row a block of (row label, line kind, cell texts): paper / ours / Δ [/ Δ vs ref] [/ input-blind best]; then the input-blind rows."
+    by: dict[tuple[str, str], list[dict]] = {}
+    for c in cells: by.setdefault((c["row"], "chance" if c["status"] == INPUT_BLIND_BEST else "row"), []).append(c)
+    n_max, blocks = _n_max(cells), []
     for r in table.rows:
-        cs = by[r.label]
-        pap = [NOT_PUBLISHED if c["paper"] is None else _fmt(c["paper"]) + _MARK.get(c["verified"], "") for c in cs]
-        if r.run is None: ours = [NOT_REPRODUCED] * len(cs); delta = ["—"] * len(cs)
+        cs = by[(r.label, "row")]
+        lines = [(r.label, "paper", [_paper_text(c) for c in cs])]
+        if r.run is None:
+            lines += [("", "ours", [NOT_REPRODUCED] * len(cs)), ("", "Δ", ["—"] * len(cs))]
         else:
-            ours = [_fmt(c["ours"]) if c["status"] == "ok" else c["status"] for c in cs]
-            delta = ["—" if c["delta"] is None else f"{c['delta']:+.2f}" for c in cs]
-        out.append((r.label, "paper", pap))
-        out.append(("", "ours" + (f" ([run]({links[r.run]}))" if r.run and r.run in links else ""), ours))
-        out.append(("", "Δ", delta))
-    return out
+            link = f" ([run]({links[r.run]}))" if r.run in links else ""
+            lines += [("", "ours" + link, [_ours_text(c, n_max) for c in cs]),
+                      ("", "Δ", ["—" if c["delta"] is None else f"{c['delta']:+.2f}" for c in cs])]
+            if r.ref is not None: lines.append(("", f"Δ vs {table.row(r.ref).label}", [_ref_text(c) for c in cs]))
+            if (r.label, "chance") in by: lines.append(("", INPUT_BLIND_BEST, [_ours_text(c, 0) for c in by[(r.label, "chance")]]))
+        blocks.append(lines)
+    blind = list(dict.fromkeys(c["row"] for c in cells if c["status"] == INPUT_BLIND))
+    if blind:   # one block: each predictor a line, labelled without the 'input-blind: ' of its CSV row
+        blocks.append([(label.split(": ", 1)[-1], INPUT_BLIND, [_ours_text(c, 0) for c in by[(label, "row")]]) for label in blind])
+    return blocks
 
-def legend(table: TableDef) -> str:
-    return ("Scores ×100. Δ = ours − paper (percentage points; for EER lower is better). "
-            f"*{NOT_PUBLISHED}*: the value is unknown to us and is never invented. † secondary source; "
-            "‡ source flagged unreliable (see `reports/paper_numbers.csv`).")
+def legend(table: TableDef, cells: list[dict] | None = None) -> str:
+    "What the table's marks mean (the parts that apply to these cells)."
+    cells = cells or []
+    parts = ["Scores ×100. Δ = ours − paper (percentage points; for EER lower is better). "
+             f"*{NOT_PUBLISHED}*: the value is unknown to us and is never invented. † secondary source; "
+             "‡ source flagged unreliable (see `reports/paper_numbers.csv`)."]
+    versions = sorted({c["version"] for c in cells if c.get("version")})
+    if versions:
+        parts.append("Paper versions: " + "; ".join(f"[{v}] {table.versions.get(v, v)}" for v in versions) + ".")
+    seeds = sorted({s for c in cells for s in c["values"] if s is not None})
+    if _n_max(cells) > 1:
+        parts.append(f"ours = mean ± sample standard deviation (n − 1 denominator) over {len(seeds)} seeds "
+                     f"({', '.join(map(str, seeds))}); (n=k) where fewer seeds gave the value; Δ uses the mean.")
+    if any(r.ref for r in table.rows):
+        parts.append("Δ vs a row = ours − ours of that row, paired by seed: mean ± sample sd of the per-seed differences; "
+                     f"≈ marks a difference within the seed spread (|mean| ≤ {SPREAD_FACTOR:g} × sd), which these seeds do "
+                     "not support; (paper …) is the same difference in the paper. With one seed the spread is unknown "
+                     "and nothing is marked (`forgrepro reproduce --seeds 0 1 2`).")
+    if any(c["status"] == INPUT_BLIND for c in cells):
+        parts.append("Input-blind rows: predictors that ignore the input, scored with the official metric code on the "
+                     "same test split (`trivial_baselines.md`); a row is above chance on a metric only where it beats "
+                     "every input-blind row (EER: stays below it). — = undefined (e.g. no positive prediction).")
+    if any(c["status"] == INPUT_BLIND_BEST for c in cells):
+        parts.append(f"{INPUT_BLIND_BEST}: the best value any input-blind predictor reaches on that row's subset "
+                     "(official metric code, same test split; `trivial_baselines.md`); a row is above chance only where it "
+                     "beats it. The predictors use the training split's priors and do not know the subset (on a mostly "
+                     "pristine subset the constant 'fake' of a mostly fake dataset scores below a constant 'real').")
+    return " ".join(parts)
 
 def render_markdown(table: TableDef, cells: list[dict], *, links: Mapping[str, str] | None = None,
                     banner: str | None = None) -> str:
-    "The table as GitHub Markdown: a paper/ours/Δ block per row, metrics as columns."
+    "The table as GitHub Markdown: a paper/ours/Δ block per row, metrics as columns, input-blind rows last."
     lines = [f"## {table.title}", ""]
     if banner: lines += [f"> {banner}", ""]
     if table.note: lines += [table.note, ""]
-    lines += [legend(table), ""]
+    lines += [legend(table, cells), ""]
     lines += ["| Method | | " + " | ".join(table.metrics) + " |", "|---|---|" + "---:|" * len(table.metrics)]
-    for label, kind, vals in _blocks(table, cells, links or {}):
-        lines.append("| " + " | ".join([_md_escape(label), kind, *map(_md_escape, vals)]).lstrip() + " |")
+    for block in _blocks(table, cells, links or {}):
+        for label, kind, vals in block:
+            lines.append("| " + " | ".join([_md_escape(label), kind, *map(_md_escape, vals)]).lstrip() + " |")
     return "\n".join(lines) + "\n"
 
 def render_latex(table: TableDef, cells: list[dict], *, banner: str | None = None) -> str:
@@ -261,26 +409,35 @@ def render_latex(table: TableDef, cells: list[dict], *, banner: str | None = Non
              f"\\label{{tab:{table.id}}}", f"\\begin{{tabular}}{{{cols}}}", r"\toprule",
              "Method & & " + " & ".join(_tex_escape(m) for m in table.metrics) + r" \\", r"\midrule"]
     blocks = _blocks(table, cells, {})
-    for i, (label, kind, vals) in enumerate(blocks):
-        vals = ["n/a" if v == NOT_PUBLISHED else v for v in vals]
-        lines.append(f"{_tex_escape(label)} & {_tex_escape(kind)} & " + " & ".join(_tex_escape(v) for v in vals) + r" \\")
-        if kind == "Δ" and i < len(blocks) - 1: lines.append(r"\midrule")
+    for i, block in enumerate(blocks):
+        for label, kind, vals in block:
+            vals = ["n/a" if v == NOT_PUBLISHED else v for v in vals]
+            lines.append(f"{_tex_escape(label)} & {_tex_escape(kind)} & " + " & ".join(_tex_escape(v) for v in vals) + r" \\")
+        if i < len(blocks) - 1: lines.append(r"\midrule")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
-CSV_FIELDS = ("table", "row", "metric", "paper", "verified", "ours", "delta", "status", "run", "metric_key", "source")
+CSV_FIELDS = ("table", "row", "metric", "paper", "verified", "version", "ours", "ours_sd", "ours_n", "ours_seeds", "delta",
+              "status", "run", "metric_key", "source", "ref_row", "ref_delta", "ref_delta_sd", "ref_n", "within_spread",
+              "paper_ref_delta")
 
 def render_csv(cells: list[dict], *, links: Mapping[str, str] | None = None) -> str:
-    "One line per (row, metric); `paper` is 'n/a (not published here)' when unknown."
+    "One line per (row, metric); `ours` is the mean over `ours_n` seeds (`ours_sd`: sample sd), `paper` 'n/a (not published here)' when unknown."
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n", extrasaction="ignore")
     w.writeheader()
+    num = lambda v, fmt="{:.4f}": "" if v is None else fmt.format(v)
     for c in cells:
         w.writerow({**c, "paper": NOT_PUBLISHED if c["paper"] is None else _fmt(c["paper"]),
-                    "ours": "" if c["ours"] is None else _fmt(c["ours"], 4),
-                    "delta": "" if c["delta"] is None else f"{c['delta']:+.4f}",
-                    "verified": c["verified"] or "", "run": (links or {}).get(c["run"], c["run"])})
+                    "ours": num(c["ours"]), "ours_sd": num(c["sd"]), "ours_n": c["n"] or "",
+                    "ours_seeds": ";".join(f"{s}:{v:.4f}" for s, v in c["values"].items() if s is not None),
+                    "delta": num(c["delta"], "{:+.4f}"), "verified": c["verified"] or "",
+                    "run": (links or {}).get(c["run"], c["run"]), "ref_delta": num(c["ref_delta"], "{:+.4f}"),
+                    "ref_delta_sd": num(c["ref_delta_sd"]), "ref_n": c["ref_n"] or "",
+                    "within_spread": "" if c["within_spread"] is None else "yes" if c["within_spread"] else "no",
+                    "paper_ref_delta": num(c["paper_ref_delta"], "{:+.4f}")})
     return buf.getvalue()
+
 
 # %% ../nbs/52_repro.ipynb #65ad60bb
 def default_cache_dir() -> Path:
@@ -493,6 +650,141 @@ def run_row(params: Mapping[str, Any],  # resolved notebook parameters (data and
     (run_dir / "cache_key").write_text(key + "\n")
     return load_json(run_dir / "metrics.json"), True
 
+# %% ../nbs/52_repro.ipynb #b8c2d3e4
+HEADLINE_METRICS = {"dgm4": ("AUC", "ACC", "mAP", "IoUmean", "F1"), "mmtt": ("CIDEr", "IoU")}  # the bars of issue 14
+SPREAD_METRICS = {"dgm4": ("AUC", "EER", "ACC", "mAP", "IoUmean", "F1"),
+                  "mmtt": ("CIDEr", "BLEU-4", "ROUGE-L", "PLM", "IoU", "distinct_explanations")}
+BASELINE_COLUMNS = {"dgm4": ("AUC", "EER", "ACC", "mAP", "CF1", "OF1", "IoUmean", "IoU50", "IoU75", "Precision", "Recall", "F1"),
+                    "mmtt": ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "PLM", "IoU", "Precision", "Recall",
+                             "distinct_explanations")}
+BASELINES_DIR = "_baselines"   # under runs/<data-key>/<scale>/ (not a row id: figures and plans never see it)
+
+def seed_run_dir(runs_dir: str | os.PathLike, row: str, seed: int | None, own_seed: int = 0) -> Path:
+    "Run folder of `row` at `seed`: the single-seed folder for the row's own seed (or no seed), else `seed<k>/<row>`."
+    runs_dir = Path(runs_dir)
+    return runs_dir / row if seed is None or int(seed) == int(own_seed) else runs_dir / f"seed{int(seed)}" / row
+
+def _mmtt_image_size(scale: str) -> int:
+    "The ForgeryTalker input side at `scale` (masks are scored at it)."
+    from forgrepro.methods import forgerytalker as ft
+    return getattr(ft, f"forgerytalker_{scale}")().vision.image_size
+
+def trivial_baselines(kind: str,  # 'dgm4' | 'mmtt'
+                      root: str | os.PathLike,  # the dataset folder the rows are tested on
+                      cache_dir: str | os.PathLike,  # runs/<data-key>/<scale>/_baselines
+                      *,
+                      scale: str = "tiny",
+                      force: bool = False,
+                      log: Callable[[str], None] = print,
+                     ) -> dict[str, dict[str, Any]]:
+    "{name: {'label', 'metrics', 'note'}} of the input-blind predictors on `root`'s test split (cached)."
+    from forgrepro import baselines as B
+    from forgrepro.experiment import data_fingerprint
+    image_size = _mmtt_image_size(scale) if kind == "mmtt" else 0
+    key = _key({"kind": kind, "data": data_fingerprint(root), "code": code_fingerprint(), "image_size": image_size})
+    f = Path(cache_dir) / f"{kind}.json"
+    if not force and f.is_file():
+        rec = load_json(f)
+        if rec.get("key") == key: return rec["baselines"]
+    t0 = time.perf_counter()
+    if kind == "dgm4":
+        res = B.dgm4_baselines(B.dgm4_targets(root, "train"), B.dgm4_targets(root, "test"))
+        out = {k: {"label": B.DGM4_BASELINES[k], "metrics": m, "note": ""} for k, m in res.items()}
+    elif kind == "mmtt":
+        res, texts = B.mmtt_baselines(root, image_size)
+        out = {k: {"label": B.MMTT_BASELINES[k], "metrics": m, "note": texts.get(k, "")} for k, m in res.items()}
+    else: raise ValueError(f"kind must be 'dgm4' or 'mmtt', got {kind!r}")
+    out = json.loads(json.dumps(out, default=float).replace("NaN", "null"))       # NaN (undefined) -> null
+    save_json({"key": key, "root": str(Path(root).resolve()), "seconds": round(time.perf_counter() - t0, 1),
+               "baselines": out}, f)
+    log(f"[forgrepro.repro] input-blind {kind} baselines in {time.perf_counter() - t0:.0f} s -> {f}")
+    return out
+
+def baseline_rows(blind: Mapping[str, Mapping[str, Mapping]]) -> dict[str, dict[str, Mapping]]:
+    "{kind: {label: metrics}}: what `table_cells` shows as input-blind rows."
+    return {kind: {b["label"]: b["metrics"] for b in d.values()} for kind, d in blind.items()}
+
+def _stat_text(vals: Sequence[float]) -> str:
+    mean, sd, n = seed_stats(vals)
+    if mean is None: return "—"
+    return _fmt(mean) + (f" ± {_fmt(sd)} [{_fmt(min(vals))}, {_fmt(max(vals))}]" if n > 1 else "")
+
+def render_trivial_baselines(blind: Mapping[str, Mapping[str, Mapping]],  # kind -> `trivial_baselines`
+                             *,
+                             roots: Mapping[str, Any] | None = None,  # kind -> dataset folder (named in the headings)
+                             metrics: Mapping[str, Mapping] | None = None,  # run id -> metrics / SeedRuns
+                             full_rows: Mapping[str, str] | None = None,  # run id -> kind: rows held to the bar
+                             banner: str | None = None,
+                            ) -> str:
+    "trivial_baselines.md: every input-blind predictor per test split, then the full rows against the best of them."
+    lines = ["# Input-blind baselines (test split)", ""]
+    if banner: lines += [f"> {banner}", ""]
+    lines += ["Predictors that ignore the input, scored with the official metric code on the test split the rows are "
+              "tested on (`forgrepro.baselines`; written by `forgrepro reproduce`, also printed by "
+              "`benchmarks/dgm4_baselines.py`). A model is above chance on a metric only where it beats every row "
+              "here (EER: stays below). — = undefined (no positive prediction).", ""]
+    for kind, d in blind.items():
+        cols = BASELINE_COLUMNS[kind]
+        where = f" (`{'/'.join(Path(roots[kind]).parts[-2:])}`)" if roots and roots.get(kind) else ""
+        lines += [f"## {kind.upper()}{where}", "", "| baseline | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        lines += [f"| {_md_escape(b['label'])} | " + " | ".join(_fmt(b["metrics"].get(c)) for c in cols) + " |" for b in d.values()]
+        notes = [f"- {b['label']}: “{b['note']}”" for b in d.values() if b.get("note")]
+        lines += ([""] + notes if notes else []) + [""]
+    rows = [(rid, kind) for rid, kind in (full_rows or {}).items() if kind in blind and rid in (metrics or {})]
+    if rows:
+        lines += ["## Full rows against the best input-blind value", "",
+                  "ours = mean ± sample sd [min, max] over seeds; *every seed* = each seed's value beats the best "
+                  "input-blind value on the metric.", "",
+                  "| row | metric | ours | best input-blind | margin (mean) | above chance in every seed |", "|---|---|---:|---:|---:|---|"]
+        for rid, kind in rows:
+            runs = per_seed(metrics[rid])
+            for m in HEADLINE_METRICS[kind]:
+                vals = [float(r[m]) for r in runs.values() if _real(r.get(m))]
+                best = _best((b["metrics"].get(m) for b in blind[kind].values()), m == "EER")
+                mean = seed_stats(vals)[0]
+                ok = "—" if not vals or best is None else "yes" if all(v > best for v in vals) else "**no**"
+                lines.append(f"| {rid} | {m} | {_stat_text(vals)} | {_fmt(best)} | "
+                             f"{'—' if mean is None or best is None else f'{mean - best:+.2f}'} | {ok} |")
+        lines.append("")
+    return "\n".join(lines)
+
+def render_seed_spread(metrics: Mapping[str, Mapping],  # run id -> SeedRuns
+                       kinds: Mapping[str, tuple[str, str]],  # run id -> (method, dataset kind)
+                       *,
+                       header: str = "",
+                       banner: str | None = None,
+                      ) -> tuple[str, str]:
+    "(seed_spread.md, seed_spread.csv): per method a table of its rows x headline metrics, mean ± sd [min, max]; the CSV one line per run, metric and seed."
+    seeds = sorted({s for m in metrics.values() for s in per_seed(m) if s is not None})
+    lines = ["# Seed spread", ""]
+    if banner: lines += [f"> {banner}", ""]
+    if header: lines += [header, ""]
+    lines += [f"Every row trained once per seed ({', '.join(map(str, seeds))}) on the same data with the same code; only "
+              "the seed differs (initialisation, data order, dropout). Cells: mean ± sample standard deviation "
+              "(n − 1 denominator) [min, max] over the seeds; n = seeds that gave the value. Per-seed values: "
+              "`seed_spread.csv`. A difference between two rows smaller than about twice the spread of their "
+              "difference is not supported by these seeds (the tables mark such Δs with ≈).", ""]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["run", "method", "metric", "seed", "value"])
+    by_method: dict[str, list[str]] = {}
+    for rid in metrics:
+        if rid in kinds: by_method.setdefault(kinds[rid][0], []).append(rid)
+    for method, rids in by_method.items():
+        cols = SPREAD_METRICS[kinds[rids[0]][1]]
+        lines += [f"## {method}", "", "| row | n | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+        for rid in rids:
+            runs = per_seed(metrics[rid])
+            cells = []
+            for m in cols:
+                vals = {s: float(r[m]) for s, r in runs.items() if _real(r.get(m))}
+                cells.append(_stat_text(list(vals.values())))
+                for s, v in vals.items(): w.writerow([rid, method, m, s, f"{v:.4f}"])
+            lines.append(f"| {rid} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines), buf.getvalue()
+
+
 # %% ../nbs/52_repro.ipynb #e908772a
 def data_key(data: str) -> str:
     "'synthetic' or a slug of the real root's folder name (the `runs/` and `reports/` sub-folder)."
@@ -509,16 +801,23 @@ def plan(tables: Sequence[str] | None = None, cfg_dir: str | os.PathLike | None 
 
 def _rel(target: Path, start: Path) -> str: return Path(os.path.relpath(target, start)).as_posix()
 
+REPRODUCIBILITY_NOTE = ("Runs are bit-identical on one machine for the same code, data, seed and thread count; "
+                        "across machines they are not (float reductions differ between CPUs and BLAS builds, and a "
+                        "tiny model trained for minutes amplifies the difference). See the top-level README "
+                        "(*What is reproducible*) for the measured cross-machine spread, and `seed_spread.md` for "
+                        "the spread over seeds on one machine.")
+
 def render_reports(tables: Sequence[TableDef],
-                   metrics: Mapping[str, Mapping[str, float | None]],  # run id -> metrics
+                   metrics: Mapping[str, Mapping],  # run id -> metrics, or a `SeedRuns` of them
                    out_dir: str | os.PathLike,  # reports/<data-key>/<scale>/
                    *,
                    run_dirs: Mapping[str, str | os.PathLike] | None = None,  # run id -> folder (linked)
                    synthetic: bool = False,
                    paper: Mapping | None = None,
                    header: str = "",
+                   baselines: Mapping[str, Mapping[str, Mapping]] | None = None,  # dataset -> {label: metrics} (`baseline_rows`)
                   ) -> list[Path]:
-    "Write `<table>.md|csv|tex` per table and an index README.md; returns the written paths."
+    "Write `<table>.md|csv|tex` per table and an index README.md (linking the other reports in `out_dir`); returns the written paths."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     paper = paper if paper is not None else load_paper_numbers()
     links = {k: _rel(Path(v), out_dir) for k, v in (run_dirs or {}).items()}
@@ -527,15 +826,32 @@ def render_reports(tables: Sequence[TableDef],
     if banner: index += [f"> {banner}", ""]
     if header: index += [header, ""]
     for t in tables:
-        cells = table_cells(t, paper, metrics)
+        cells = table_cells(t, paper, metrics, baselines=baselines)
         for ext, text in (("md", render_markdown(t, cells, links=links, banner=banner)),
                           ("csv", render_csv(cells, links=links)), ("tex", render_latex(t, cells, banner=banner))):
             p = out_dir / f"{t.id}.{ext}"; p.write_text(text); written.append(p)
         index.append(f"- [{t.title}]({t.id}.md) ([csv]({t.id}.csv), [tex]({t.id}.tex))")
+    extras = [(f, title) for f, title in (("trivial_baselines.md", "Input-blind baselines: chance level on the test split, and the full rows against it"),
+                                          ("seed_spread.md", "Seed spread: every row over several seeds (its header names the command and commit)"),
+                                          ("dataset_card.md", "Dataset card")) if (out_dir / f).is_file()]
+    if extras: index += ["", "## Also here", ""] + [f"- [{title}]({f})" for f, title in extras]
+    index += ["", "## What is reproducible", "", REPRODUCIBILITY_NOTE]
     figs = sorted((out_dir / "figures").glob("*.png")) if (out_dir / "figures").is_dir() else []
     if figs: index += ["", "## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figs]
     p = out_dir / "README.md"; p.write_text("\n".join(index) + "\n"); written.append(p)
     return written
+
+def _seed_jobs(rid: str, params: Mapping[str, Any], seeds: Sequence[int] | None, runs_dir: Path) -> list[tuple[str, int | None, dict]]:
+    "(label, seed, params) per run of a row: itself (no `seeds`), else once per seed in `seed_run_dir`."
+    if not seeds: return [(rid, None, dict(params))]
+    return [(f"{rid}/seed{int(s)}", int(s), {**params, "seed": int(s), "run_dir": str(seed_run_dir(runs_dir, rid, s, params["seed"]))})
+            for s in dict.fromkeys(seeds)]
+
+def _command_line(tables: Sequence[str] | None, seeds: Sequence[int] | None, presets: Sequence[str] = (), **kw) -> str:
+    "The `forgrepro reproduce` line of these arguments (for report headers)."
+    args = list(tables or []) + [f"--{k.replace('_', '-')} {v}" for k, v in kw.items() if v not in (None, "", False, 0)]
+    args += [f"--preset {p}" for p in presets] + (["--seeds " + " ".join(map(str, seeds))] if seeds else [])
+    return " ".join(["forgrepro reproduce", *args])
 
 def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
               *,
@@ -549,6 +865,8 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
               num_processes: int = 1,
               threads: int = 0,  # torch threads inside each run (0 = torch's default)
               jobs: int = 1,  # rows run at once, each in its own process (CPU: e.g. 2 jobs x 1 thread on 2 cores)
+              seeds: Sequence[int] | None = None,  # run every row once per seed (cells: mean ± sd; seed_spread.md); None: each row's own seed
+              baselines: bool = True,  # input-blind baselines as table rows and trivial_baselines.md
               runs_root: str | os.PathLike = "runs",
               reports_root: str | os.PathLike = "reports",
               figures: bool = True,  # run nbs/experiments/figures.ipynb after the rows
@@ -559,8 +877,9 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
               progress: bool = True,
               log: Callable[[str], None] = print,
              ) -> dict[str, Any]:
-    "Run (or reuse) every row the tables need, then render them; returns {'reports': dir, 'runs': {...}, 'ran': [...], 'skipped': [...]}."
+    "Run (or reuse) every row the tables need (once per seed with `seeds`), then render them; returns {'reports': dir, 'runs': {...}, 'ran': [...], 'skipped': [...], 'failed': {...}, 'seconds': s}."
     from tqdm.auto import tqdm
+    t_start = time.perf_counter()
     chosen, runs = plan(tables, cfg_dir)
     key = data_key(data)
     runs_dir, out_dir = Path(runs_root) / key / scale, Path(reports_root) / key / scale
@@ -573,8 +892,9 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
             else: roots[kind] = Path(data) if kind == "dgm4" else (Path(mmtt) if mmtt else None)
         return roots[kind]
     from forgrepro.experiment import method_spec
-    metrics, run_dirs, ran, skipped, failed = {}, {}, [], [], {}
-    todo: list[tuple[str, dict]] = []
+    by_seed: dict[str, dict] = {}
+    dirs, ran, skipped, failed, kinds, full_rows = {}, [], [], {}, {}, {}
+    todo: list[tuple[str, str, int | None, dict]] = []
     for rid in runs:                      # resolve every row first (generates the synthetic data once, here)
         row = load_row(rid, cfg_dir)
         kind = method_spec(row.method).dataset
@@ -584,32 +904,49 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
                 failed[rid] = "forgrepro.methods.forgerytalker is not installed"; continue
         root = root_for(kind)
         if root is None: failed[rid] = f"no {kind} data (give --mmtt PATH)"; continue
-        todo.append((rid, resolve_params(row, scale, presets=presets, cfg_dir=cfg_dir,
-                                         extra={"data": str(root), "run_dir": str(runs_dir / rid), "device": device,
-                                                "threads": threads})))
-    def done(rid: str, get: Callable[[], tuple[dict, bool]]) -> None:
+        params = resolve_params(row, scale, presets=presets, cfg_dir=cfg_dir,
+                                extra={"data": str(root), "run_dir": str(runs_dir / rid), "device": device, "threads": threads})
+        kinds[rid] = (row.method, kind)
+        if params["ablation"] == "full": full_rows[rid] = kind
+        todo += [(label, rid, s, p) for label, s, p in _seed_jobs(rid, params, seeds, runs_dir)]
+    def done(label: str, rid: str, seed: int | None, run_dir: str, get: Callable[[], tuple[dict, bool]]) -> None:
         try: m, did = get()
         except Exception as e:
-            failed[rid] = f"{type(e).__name__}: {e}".splitlines()[0][:300]; log(f"[forgrepro.repro] {rid} failed: {failed[rid]}")
+            failed[label] = f"{type(e).__name__}: {e}".splitlines()[0][:300]; log(f"[forgrepro.repro] {label} failed: {failed[label]}")
             return
-        metrics[rid], run_dirs[rid] = m, runs_dir / rid
-        (ran if did else skipped).append(rid)
-    if jobs > 1: todo.sort(key=lambda t: -expected_seconds(t[1]))   # longest first: the last rows do not run alone
-    bar = tqdm(total=len(todo), desc="rows", unit="row", disable=not progress)
+        by_seed.setdefault(rid, {})[seed] = m
+        dirs.setdefault(rid, {})[seed] = Path(run_dir)
+        (ran if did else skipped).append(label)
+    def blind() -> dict:                  # input-blind baselines of the test splits the tables use (cached)
+        out = {}
+        for kind in dict.fromkeys(t.dataset for t in chosen if t.dataset):
+            if not baselines or (not syn and kind == "mmtt" and not mmtt): continue
+            try: out[kind] = trivial_baselines(kind, root_for(kind), runs_dir / BASELINES_DIR, scale=scale, log=log)
+            except Exception as e: log(f"[forgrepro.repro] {kind} baselines failed: {type(e).__name__}: {str(e)[:300]}")
+        return out
+    if jobs > 1: todo.sort(key=lambda t: -expected_seconds(t[3]))   # longest first: the last rows do not run alone
+    bar = tqdm(total=len(todo), desc="rows" if not seeds else "runs (rows x seeds)", unit="run", disable=not progress)
     kw = dict(force=force, launcher=launcher, num_processes=num_processes)
     if jobs <= 1:
-        for rid, params in todo:
-            bar.set_postfix_str(rid)
-            done(rid, lambda: run_row(params, **kw)); bar.update()
+        for label, rid, seed, params in todo:
+            bar.set_postfix_str(label)
+            done(label, rid, seed, params["run_dir"], lambda: run_row(params, **kw)); bar.update()
+        blind_res = blind()
     else:   # each row in a fresh process (its own papermill kernel); results arrive as rows finish
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
-            futures = {ex.submit(run_row, params, **kw): rid for rid, params in todo}
+            futures = {ex.submit(run_row, params, **kw): (label, rid, seed, params["run_dir"]) for label, rid, seed, params in todo}
+            blind_res = blind()           # here, while the rows train
             for fut in as_completed(futures):
-                bar.set_postfix_str(futures[fut])
-                done(futures[fut], fut.result); bar.update()
+                bar.set_postfix_str(futures[fut][0])
+                done(*futures[fut], fut.result); bar.update()
     bar.close()
+    # one run per row: its metrics as they are (the single-seed tables); several seeds: a SeedRuns per row, in seed order
+    # (rows finish in any order with --jobs; the reports must not depend on it)
+    metrics = {rid: SeedRuns(sorted(by_seed[rid].items())) if seeds else by_seed[rid][None] for rid in runs if rid in by_seed}
+    # each row links its own folder (the single-seed run), else its lowest seed's
+    run_dirs = {rid: runs_dir / rid if runs_dir / rid in d.values() else d[min(d)] for rid, d in dirs.items()}
     if figures and metrics:
         try:
             execute_notebook(repo_root() / "nbs" / "experiments" / "figures.ipynb", out_dir / "figures" / "figures.ipynb",
@@ -622,7 +959,25 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
                              {"dgm4_root": str(root_for("dgm4") or ""), "mmtt_root": str(root_for("mmtt") or ""),
                               "out_dir": str(out_dir.resolve())}, cwd=repo_root())
         except Exception as e: log(f"[forgrepro.repro] dataset card failed: {type(e).__name__}: {str(e)[:300]}")
-    header = "\n".join([f"Data: `{data}`; scale `{scale}`; device `{device}`; runs under `{_rel(runs_dir, out_dir)}`."]
+    seconds = time.perf_counter() - t_start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    banner = SYNTHETIC_BANNER if syn else None
+    if blind_res:
+        (out_dir / "trivial_baselines.md").write_text(render_trivial_baselines(
+            blind_res, roots=roots, metrics=metrics, full_rows=full_rows, banner=banner))
+    if seeds and len(set(seeds)) > 1:
+        sha = _git(["rev-parse", "--short", "HEAD"], repo_root()) or "unknown"
+        dirty = " (with uncommitted changes)" if _git(["status", "--porcelain", "--untracked-files=no"], repo_root()) else ""
+        cmd = _command_line(tables, seeds, data=data, mmtt=mmtt, scale=scale, device=device, jobs=jobs, threads=threads,
+                            presets=presets)
+        head = (f"`{cmd}` at commit `{sha}`{dirty}, {time.strftime('%Y-%m-%d')}: {len(ran)} runs trained, {len(skipped)} "
+                f"reused, {len(failed)} not run; wall time {seconds / 60:.1f} min on {os.cpu_count()} CPU cores"
+                + (" (reused runs cost nothing here)." if skipped else "."))
+        md, cs = render_seed_spread(metrics, kinds, header=head, banner=banner)
+        (out_dir / "seed_spread.md").write_text(md); (out_dir / "seed_spread.csv").write_text(cs)
+    header = "\n".join([f"Data: `{data}`; scale `{scale}`; device `{device}`; runs under `{_rel(runs_dir, out_dir)}`"
+                        + (f"; seeds {', '.join(map(str, dict.fromkeys(seeds)))} (each cell: mean ± sample sd)." if seeds else ".")]
                        + [f"- row `{k}` not run: {v}" for k, v in failed.items()])
-    render_reports(chosen, metrics, out_dir, run_dirs=run_dirs, synthetic=syn, header=header)
-    return {"reports": out_dir, "runs": run_dirs, "ran": ran, "skipped": skipped, "failed": failed}
+    render_reports(chosen, metrics, out_dir, run_dirs=run_dirs, synthetic=syn, header=header, baselines=baseline_rows(blind_res))
+    return {"reports": out_dir, "runs": run_dirs, "ran": ran, "skipped": skipped, "failed": failed, "seconds": seconds}
+
