@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from .core import DataError
 from .data.faces import FaceDetector
 from .predict import (DGM4Prediction, DGM4Predictor, ForgeryTalkerPrediction, ForgeryTalkerPredictor,
-                               forgerytalker_module, validate_caption, validate_image)
+                               validate_caption, validate_image)
 
 # %% auto #0
 __all__ = ['DEMO_METHODS', 'SYNTHETIC_BANNER', 'MAX_FILE_SIZE', 'find_runs', 'quick_synthetic_runs', 'synthetic_examples',
@@ -285,7 +285,7 @@ def load_predictors(checkpoints: str | os.PathLike | None = None,  # run folder(
     predictors: dict[str, Any] = {}
     for m, run in runs.items():
         if m == "forgerytalker":
-            if forgerytalker_module() is not None: predictors["ForgeryTalker"] = ForgeryTalkerPredictor.from_run(run)
+            predictors["ForgeryTalker"] = ForgeryTalkerPredictor.from_run(run)
             continue
         predictors[method_spec(m).title] = DGM4Predictor.from_run(run, face_detector=detector, device=device)
     data = next((d for d in map(run_data_root, runs.values()) if d is not None), None)

@@ -5,7 +5,6 @@
 # %% ../nbs/60_predict.ipynb #4cdcdae9
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import time
@@ -16,6 +15,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFile
 from torch import nn
 
@@ -23,14 +23,15 @@ from .core import DataError, IssueReport
 from .data.dgm4 import MULTI_LABEL_CLASSES, DGM4Collator, DGM4Record, dgm4_sample
 from .data.faces import Box, FaceDetector
 from .data.io import LoadedImage, _to_rgb
+from .data.mmtt import REGIONS
 from .data.text import bert_tokenizer, pre_caption
-from .experiment import DataNeeds, load_trained, method_spec
+from .experiment import DataNeeds, load_forgerytalker, load_trained, method_spec
 from .task import Task
 
 # %% auto #0
 __all__ = ['UPLOAD', 'MAX_UPLOAD_PIXELS', 'MAX_UPLOAD_SIDE', 'MAX_CAPTION_CHARS', 'validate_image', 'validate_caption',
            'word_scores', 'DGM4Prediction', 'Predictor', 'box_to_pixels', 'DGM4Predictor', 'prediction_batch',
-           'ForgeryTalkerPrediction', 'forgerytalker_module', 'ForgeryTalkerPredictor']
+           'preprocess_image', 'explain', 'ForgeryTalkerPrediction', 'ForgeryTalkerPredictor']
 
 # %% ../nbs/60_predict.ipynb #8830df21
 UPLOAD = "<upload>"                      # the `source`/`path` that messages and records name for an upload
@@ -220,6 +221,34 @@ def prediction_batch(predictor: DGM4Predictor,  # the predictor
     return predictor.collate([dgm4_sample(LoadedImage(img, img.size, Path(UPLOAD)), rec, image_res=n.image_res,
                                           face_size=n.face_size, max_faces=n.max_faces)])
 
+# %% ../nbs/60_predict.ipynb #a6045ecb
+def preprocess_image(image: Image.Image,  # any PIL image (RGB-converted)
+                     size: int,  # model input side S
+                    ) -> torch.Tensor:
+    "(1, 3, S, S) CLIP-normalised tensor, resized as the MMTT evaluation transform (bicubic to S×S)."
+    from forgrepro.data.io import CLIP_MEAN, CLIP_STD, to_normalized_tensor
+    return to_normalized_tensor(image.convert("RGB").resize((size, size), Image.BICUBIC), CLIP_MEAN, CLIP_STD)[None]
+
+def explain(model: nn.Module,  # a ForgeryTalker from `forgrepro.experiment.load_forgerytalker` (eval mode)
+            image: Image.Image,  # a face image
+            generation=None,  # a `GenerationSettings` beam-search override (default: the model's)
+           ) -> dict[str, Any]:
+    "Demo inference: {regions, region_probs, mask (H, W) bool at image size, explanation, instruction}."
+    from forgrepro.models.prompter import GroundTruthRegions
+    if isinstance(model.region_source, GroundTruthRegions):
+        raise ValueError("this model was trained with ground-truth prompts (gt_prompts): it needs the regions as input")
+    S = model.vision_model.config.image_size
+    with torch.no_grad():
+        ex = model.explain(preprocess_image(image, S).to(next(model.parameters()).device), generation=generation)
+    probs = None if ex.fpn_logits is None else dict(zip(REGIONS, torch.sigmoid(ex.fpn_logits[0].float()).tolist()))
+    if ex.mask_logits is None: mask = np.zeros((image.height, image.width), dtype=bool)
+    else:  # logits upsampled to the image (bilinear), then the official sigmoid > 0.5
+        up = F.interpolate(ex.mask_logits.float(), size=(image.height, image.width), mode="bilinear", align_corners=False)
+        mask = (up[0, 0] > 0).cpu().numpy()
+    return {"regions": ex.region_names()[0], "region_probs": probs, "mask": mask, "explanation": ex.texts[0],
+            "instruction": ex.instructions[0]}
+
+
 # %% ../nbs/60_predict.ipynb #c5ccd577
 @dataclass(frozen=True)
 class ForgeryTalkerPrediction:
@@ -230,25 +259,17 @@ class ForgeryTalkerPrediction:
     explanation: str                   # generated attribution report
     elapsed_ms: float
 
-def forgerytalker_module():
-    "`forgrepro.methods.forgerytalker` with its inference API, or None when it is not installed."
-    try: mod = importlib.import_module("forgrepro.methods.forgerytalker")
-    except ImportError: return None
-    return mod if hasattr(mod, "load_forgerytalker") and hasattr(mod, "explain") else None
-
 class ForgeryTalkerPredictor:
     "ForgeryTalker (MMTT) on one uploaded image: regions, mask (original size) and explanation."
     def __init__(self, model: Any,  # a loaded ForgeryTalker
-                 explain: Callable[[Any, Image.Image], dict],  # `forgrepro.methods.forgerytalker.explain`
+                 explain: Callable[[Any, Image.Image], dict],  # `explain` above (injectable for tests)
                  *, name: str = "ForgeryTalker", max_pixels: int = MAX_UPLOAD_PIXELS):
         self.model, self._explain, self.name, self.max_pixels = model, explain, name, max_pixels
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, **kwargs) -> "ForgeryTalkerPredictor":
-        "Load a ForgeryTalker run folder; ImportError when the method module is not available."
-        mod = forgerytalker_module()
-        if mod is None: raise ImportError("forgrepro.methods.forgerytalker (load_forgerytalker, explain) is not available")
-        return cls(mod.load_forgerytalker(run_dir), mod.explain, **kwargs)
+        "Load a ForgeryTalker run folder (`forgrepro.experiment.forgerytalker_run`)."
+        return cls(load_forgerytalker(run_dir)[0], explain, **kwargs)
 
     def predict(self, image: Image.Image, caption: str | None = None,  # ForgeryTalker reads the image only
                ) -> ForgeryTalkerPrediction:
