@@ -275,7 +275,10 @@ def official_state_from_files(weights: str | os.PathLike,  # the DFF checkpoint 
     for name, (add, strip) in OFFICIAL_SOURCES.items():
         if files.get(name) is None: continue
         for k, v in read_official_tensors(files[name], cache_dir).items():
-            if name == "bert" and k.startswith("cls."): continue
+            if name == "bert":
+                if k.startswith("cls."): continue
+                k = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", k))
+                # (bert-base-uncased's own files keep TF's gamma / beta names; `from_pretrained` renames them)
             state[add + k.removeprefix(strip)] = v
     return state
 
