@@ -197,14 +197,40 @@ def test_stacking_order_and_errors(tmp_path):
     with pytest.raises(TypeError, match="seed must be an int"): repro.resolve_params("bad", cfg_dir=cfg)
 
 
+def _dotted(cfg, key: str):
+    for part in key.split("."): cfg = getattr(cfg, part)
+    return cfg
+
+
+def _row_config(spec):
+    "The model config a row trains (DGM4: its task's config; ForgeryTalker: the main config, as forgerytalker_run builds it)."
+    from forgrepro.core import override
+    from forgrepro.experiment import _split_overrides, build_task
+    if spec.method != "forgerytalker": return build_task(spec).cfg
+    from forgrepro.methods.forgerytalker import ablation_config
+    return override(ablation_config(spec.scale, spec.ablation), _split_overrides(spec.model_overrides())[0])
+
+
 def test_every_row_builds_a_valid_spec():
-    import importlib.util
-    has_ft = importlib.util.find_spec("forgrepro.methods.forgerytalker") is not None
+    "Each row's YAML reaches its spec and its model config (ablation and overrides applied); no two rows train the same."
+    seen: dict[tuple, str] = {}
     for f in sorted((ROOT / "configs" / "rows").glob("*.yaml")):
+        yaml_row = repro.load_yaml(f)
         row = repro.load_row(f.stem)
-        if row.method == "forgerytalker" and not has_ft: continue
         for scale in repro.SCALES:
-            repro.row_spec(repro.resolve_params(row, scale))     # unknown ablations/overrides keys raise here
+            spec = repro.row_spec(repro.resolve_params(row, scale))   # unknown ablations/overrides keys raise here
+            assert (spec.method, spec.scale, spec.ablation) == (yaml_row["method"], scale, yaml_row.get("ablation", "full")), f.name
+            want = yaml_row.get("overrides_json", {})                   # YAML reads the JSON object as a mapping
+            assert dict(spec.overrides) == (json.loads(want) if isinstance(want, str) else want), f.name
+            cfg = _row_config(spec)
+            for k, v in spec.model_overrides().items():               # the scale recipe's, the ablation's, the row's own
+                if k.startswith("fpn."): continue                      # ForgeryTalker stage 1 (FPNTaskConfig)
+                got = _dotted(cfg, k)
+                assert got == (tuple(v) if isinstance(got, tuple) and isinstance(v, list) else v), (f.name, scale, k, got, v)
+            key = (spec.method, scale, json.dumps(spec.model_overrides(), sort_keys=True))
+            assert key not in seen, f"{f.name} trains the same model as {seen[key]} at {scale}"
+            seen[key] = f.name
+    assert len(seen) == 2 * len(list((ROOT / "configs" / "rows").glob("*.yaml")))
 
 
 # ---------------------------------------------------------------- end to end (minimal preset)
