@@ -52,6 +52,8 @@ def test_part_shapes(batch):
     l_tok, l_mask = model.encode_local(batch)
     assert l_tok.shape[0] == B and l_tok.shape[2] == cfg.vision.width and l_mask.shape == l_tok.shape[:2]
     assert l_mask[:, 0].all()                                   # the null token is always visible
+    hw = (l_tok.shape[1] - 1) // batch.faces.shape[1]
+    assert torch.equal(l_mask[:, 1:], batch.face_mask.bool().repeat_interleave(hw, 1))   # a face's tokens follow its mask
     q = cfg.qformer.num_query_tokens
     og = model.global_qformer(g, None, batch.input_ids, batch.attention_mask)
     ol = model.local_qformer(l_tok, l_mask, batch.input_ids, batch.attention_mask)
@@ -66,12 +68,27 @@ def test_part_shapes(batch):
     assert out.logits_bin_local.shape == (B, 2) and out.logits_multi_global.shape == (B, 4)
     assert out.p_fake_llm.shape == (B,) and out.fca is None and out.llm.logits is None
     assert ((out.box >= 0) & (out.box <= 1)).all()
+    # values: the forward is the documented assembly of the parts called above (eval mode: no dropout)
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits_bin, model.itm_head(fused.pooled))
+        torch.testing.assert_close(out.logits_multi, model.cls_head(fused.pooled))
+        torch.testing.assert_close(out.logits_tok, model.token_head(fused.text))
+        torch.testing.assert_close(out.logits_bin_local, model.local_bin_head(ol.queries.mean(1)))
+        torch.testing.assert_close(out.logits_multi_global, model.global_multi_head(og.queries.mean(1)))
+        torch.testing.assert_close(fused.pooled, fused.queries.mean(1))
+        torch.testing.assert_close(fused.llm_tokens, torch.cat([fused.queries[:, :q], fused.queries[:, q:]], -1))
 
 
 def test_local_adapter_and_fusion_shapes():
+    torch.manual_seed(0)
     ad = LocalAdapter(12, 8)
-    x, m = ad(torch.randn(3, 2 * 4, 12), torch.ones(3, 8), torch.rand(3, 2, 4), num_faces=2)
+    tok, fmask, boxes = torch.randn(3, 2 * 4, 12), torch.tensor([[1.0] * 8, [1.0] * 4 + [0.0] * 4, [0.0] * 8]), torch.rand(3, 2, 4)
+    x, m = ad(tok, fmask, boxes, num_faces=2)
     assert x.shape == (3, 9, 8) and m.shape == (3, 9) and m.dtype == torch.bool
+    with torch.no_grad():                                      # [null ; LN(proj(tokens)) + box embedding of its face]
+        assert torch.equal(x[:, 0], ad.null_token[0].expand(3, -1)) and torch.equal(m[:, 1:], fmask.bool())
+        assert m[:, 0].all()
+        torch.testing.assert_close(x[:, 1:], ad.norm(ad.proj(tok)) + ad.box_embed(boxes).repeat_interleave(4, 1))
     fu = MLGFusion(8, 2, "global").eval()
     o = fu(None, torch.randn(3, 4, 8), torch.randn(3, 5, 8))
     assert o.queries.shape == (3, 4, 8) and o.llm_tokens.shape == (3, 4, 8) and fu.local_from_global is None
@@ -87,11 +104,19 @@ def test_qformer_text_only_ignores_padding():
 
 
 def test_faceless_images_are_finite(batch):
+    "With no face the local branch sees only its null token: finite losses, and the face pixels cannot matter."
     _, model = _model()
     model.train()
     b = replace(batch, face_mask=torch.zeros_like(batch.face_mask))
     lo = m4blip_loss(model(b), b, PROGRESS, model.cfg)
-    assert torch.isfinite(lo.total)
+    assert torch.isfinite(lo.total) and all(torch.isfinite(v) for v in lo.parts.values())
+    model.eval()
+    with torch.no_grad():
+        a, c = model(b), model(replace(b, faces=torch.randn_like(b.faces)))
+    torch.testing.assert_close(a.logits_bin_local, c.logits_bin_local)
+    torch.testing.assert_close(a.logits_bin, c.logits_bin)
+    with torch.no_grad(): d = model(batch)                     # with faces visible, they do
+    assert not torch.allclose(a.logits_bin_local, d.logits_bin_local)
 
 
 def test_missing_faces_raise(batch):
@@ -136,8 +161,15 @@ def test_fca_queue_adds_negatives(batch):
     out = model(batch)
     assert out.fca.text_queue.shape == (32, 16) and set(out.fca.image_queue) == {"global", "local"}
     assert int(model.text_queue.ptr) == 8
+    assert torch.equal(model.text_queue.queue[:, :8], out.fca.text.detach().T)   # this batch enqueued after the snapshot
+    assert not torch.equal(out.fca.text_queue[:, :8], model.text_queue.queue[:, :8])
     lo = m4blip_loss(out, batch, PROGRESS, model.cfg)
-    assert torch.isfinite(lo.parts["fca"])
+    t = fca_batch_targets(batch)
+    with_queue = torch.stack([fca_loss(v, out.fca.text, t, out.fca.temp, out.fca.image_queue[k], out.fca.text_queue)
+                              for k, v in out.fca.image.items()]).mean()
+    without = torch.stack([fca_loss(v, out.fca.text, t, out.fca.temp) for v in out.fca.image.values()]).mean()
+    torch.testing.assert_close(lo.parts["fca"], with_queue)
+    assert float(lo.parts["fca"]) > float(without)              # the queued negatives add to the softmax denominators
 
 
 # ---------------------------------------------------------------- sampler
@@ -169,7 +201,9 @@ def test_sampler_groups_ids():
 def test_task_sampler_follows_config():
     from forgrepro.task import Task
     assert isinstance(M4BlipTask(), Task) and M4BlipTask.name == "m4blip"
-    assert M4BlipTask(m4blip_config("tiny")).batch_sampler([1, 1, 2], 2) is not None
+    smp = M4BlipTask(m4blip_config("tiny")).batch_sampler([1, 2, 1, 2], 2)
+    assert isinstance(smp, GroupedIdBatchSampler)
+    assert sorted(sorted(b) for b in smp) == [[0, 2], [1, 3]]    # each id's records in one batch
     assert M4BlipTask(m4blip_config("tiny", overrides={"group_by_id": False})).batch_sampler([1, 1, 2], 2) is None
 
 
@@ -182,8 +216,14 @@ def test_each_ablation_trains_a_step(ablation, batch):
     task = M4BlipTask(cfg)
     opt = torch.optim.AdamW(task.param_groups(model))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    lo = task.loss(model(batch), batch, PROGRESS)
-    assert torch.isfinite(lo.total)
+    out = model(batch)
+    lo = task.loss(out, batch, PROGRESS)
+    w = cfg.loss
+    weight = {"bic": w.bic, "mlc": w.mlc, "bbox": w.bbox, "giou": w.giou, "tmg": w.tmg, "fca": w.fca, "moco": w.fca,
+              "ld": w.ld, "lv": w.lv, "llm": w.llm}
+    torch.testing.assert_close(lo.total, sum(weight[k] * v for k, v in lo.parts.items()))
+    torch.testing.assert_close(lo.parts["bic"], F.cross_entropy(out.logits_bin, batch.label))
+    torch.testing.assert_close(lo.parts["mlc"], F.binary_cross_entropy_with_logits(out.logits_multi, batch.multi_label))
     opt.zero_grad(); lo.total.backward(); opt.step()
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert any(n.startswith("itm_head") for n in changed)
@@ -256,9 +296,9 @@ def test_frozen_parts_get_no_grads(batch):
     lo.total.backward()
     assert all(p.grad is None for p in model.global_encoder.parameters())
     assert all(p.grad is None for p in model.llm_head.lm.parameters())
-    assert model.llm_head.proj.weight.grad is not None              # the projection is trained
-    assert model.global_qformer.query_tokens.grad is not None
-    assert model.face_encoder.backbone.conv_stem.weight.grad is not None
+    for trained in (model.llm_head.proj.weight, model.global_qformer.query_tokens,        # the projection is trained
+                    model.face_encoder.backbone.conv_stem.weight):
+        assert trained.grad is not None and trained.grad.abs().sum() > 0
     trainable = {id(p) for g in M4BlipTask(model.cfg).param_groups(model) for p in g["params"]}
     assert not any(id(p) in trainable for p in model.global_encoder.parameters())
     assert not any(id(p) in trainable for p in model.llm_head.lm.parameters())
