@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export PYTHONHASHSEED := 0
 
-.PHONY: setup browser test reproduce demo export clean-nbs check-nbs bench lock
+.PHONY: setup browser jre test reproduce demo export clean-nbs check-nbs bench lock
 
 setup: $(STAMP)
 
@@ -33,7 +33,15 @@ browser:
 	  || echo "WARNING: could not install chromium/chromium-driver; the browser test will be skipped"; \
 	fi
 
-test: setup browser
+# Headless Java for pycocoevalcap (PTB tokenizer, METEOR) in the caption-metric tests, which skip without it.
+jre:
+	@if ! command -v java >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends default-jre-headless \
+	  || echo "WARNING: could not install default-jre-headless; the METEOR/PTB-tokenizer tests will be skipped"; \
+	fi
+
+test: setup browser jre
 	$(PY) -m pytest tests -ra
 
 # Every paper table on the synthetic twins (tiny models, CPU); finished rows are reused, REPRO_ARGS=--force reruns them.
