@@ -236,6 +236,7 @@ def save_checkpoint(directory: str | os.PathLike,  # checkpoint directory (repla
                     state: Mapping[str, Any] | None = None,  # loop state: step, epoch, RNG states, config, ...
                    ) -> Path:
     "Write model, optimiser, scheduler and loop state to `directory` as safetensors + JSON, atomically."
+    # DEVIATION: the official code torch.save()s pickles; checkpoints here are safetensors + JSON only
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
         _save_tensors(tmp / "model.safetensors", model_state(model))

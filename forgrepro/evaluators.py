@@ -25,6 +25,7 @@ def fast_caption_metrics(predictions: Mapping[Any, str],  # id -> generated expl
                          references: Mapping[Any, Sequence[str]],  # id -> reference explanations
                         ) -> dict[str, float]:
     "BLEU-4 and CIDEr ×100 without Java (lower-case, punctuation dropped; the PTB tokenizer's job): for model selection."
+    # DEVIATION (speed): checkpoints are selected with this Java-free scorer; reported metrics use pycocoevalcap
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     norm = lambda t: " ".join(re.sub(r"[^a-z0-9 ]", " ", t.lower()).split())

@@ -302,7 +302,7 @@ def forgerytalker_train_configs(scale: str,  # 'tiny' | 'paper'
                                 seed: int = 0,  # run seed
                                ) -> tuple[TrainConfig, TrainConfig]:
     "(stage-1 FPN, stage-2) loop settings: LAVIS' recipe at paper scale; a CPU budget (~1 min per stage) at tiny."
-    if scale == "paper":  # the FPN's training script is unpublished: the stage-2 recipe, 20 epochs (our choice)
+    if scale == "paper":  # DEVIATION: the FPN's training script is unpublished: the stage-2 recipe, 20 epochs (our choice)
         s2 = replace(forgerytalker_train_config(), seed=seed)
         return replace(s2, epochs=20, warmup_steps=500), s2
     if scale != "tiny": raise ValueError(f"scale must be 'tiny' or 'paper', got {scale!r}")

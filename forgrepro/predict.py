@@ -45,6 +45,7 @@ def validate_image(image: Any,  # what the UI passed: a PIL image (possibly not 
                    max_side: int = MAX_UPLOAD_SIDE,  # longest-side limit
                   ) -> Image.Image:
     "Fully decoded RGB copy of an uploaded image; `DataError` (kinds `no_image`, `too_large`, `truncated_image`, `corrupt_image`) otherwise."
+    # DEVIATION (safety): uploads over 4096 px per side or 16.7 MP are refused (decompression-bomb guard)
     if image is None: raise DataError("no image: upload an image (JPEG, PNG, ...)", UPLOAD, kind="no_image")
     if not isinstance(image, Image.Image):
         raise DataError(f"not an image: got {type(image).__name__}; upload a JPEG or PNG file", UPLOAD, kind="unreadable_image")
@@ -85,6 +86,7 @@ def word_scores(tokenizer,  # the bert-base-uncased tokenizer the collator used
                ) -> tuple[list[str], np.ndarray, np.ndarray]:
     "Whitespace words, per-word P(manipulated) (NaN for words cut by truncation) and per-word flags."
     words = text.split()
+    # DEVIATION (display): a word is flagged when any of its sub-words is (argmax, tie = real); its probability is the max
     enc = tokenizer(text, max_length=max_length, truncation=True, return_offsets_mapping=True)
     starts = np.asarray([s for s, _ in enc["offset_mapping"][1:-1]], np.int64)            # (T,) char start per sub-word
     n = min(len(starts), logits_tok.shape[0])
@@ -242,7 +244,7 @@ def explain(model: nn.Module,  # a ForgeryTalker from `forgrepro.experiment.load
         ex = model.explain(preprocess_image(image, S).to(next(model.parameters()).device), generation=generation)
     probs = None if ex.fpn_logits is None else dict(zip(REGIONS, torch.sigmoid(ex.fpn_logits[0].float()).tolist()))
     if ex.mask_logits is None: mask = np.zeros((image.height, image.width), dtype=bool)
-    else:  # logits upsampled to the image (bilinear), then the official sigmoid > 0.5
+    else:  # DEVIATION: logits upsampled to the image (bilinear), then sigmoid > 0.5 (official: threshold, then NEAREST)
         up = F.interpolate(ex.mask_logits.float(), size=(image.height, image.width), mode="bilinear", align_corners=False)
         mask = (up[0, 0] > 0).cpu().numpy()
     return {"regions": ex.region_names()[0], "region_probs": probs, "mask": mask, "explanation": ex.texts[0],

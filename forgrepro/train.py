@@ -108,6 +108,8 @@ def scheduled_lr(base_lr: float,  # the group's lr from `Task.param_groups`
                  steps_per_epoch: int,  # optimiser steps per epoch
                 ) -> float:
     "Learning rate of optimiser step `step` under `cfg.schedule`."
+    # DEVIATION: a schedule 'iteration' is an optimiser step (the official loops count data-loader iterations:
+    # identical without gradient accumulation); every group's base lr is scaled the same way (LAVIS sets one lr for all)
     epoch, i = divmod(step, steps_per_epoch)
     if cfg.schedule == "albef":
         if epoch > 0: return _cosine(base_lr, cfg.min_lr, epoch / cfg.epochs)
@@ -453,6 +455,7 @@ class _Run:
         value = metrics[primary]
         if state.best_metric is None or value > state.best_metric:  # strict '>' as the official `train.py`
             state.best_metric, state.best_step = value, state.step
+            # DEVIATION: the official best checkpoint includes the optimiser state; best/ holds weights + metrics (last/ resumes)
             if self.main:
                 save_checkpoint(self.run_dir / "best", model=acc.unwrap_model(self.model), state={
                     "step": state.step, "metrics": metrics, "primary": primary, "config": config_to_dict(self.cfg)})

@@ -184,6 +184,7 @@ def pairs_lpips(pairs: Sequence[ImagePair],  # from `original_pairs`
                 size: int = 128,  # both images resized to size x size (a manipulated image keeps its original's size)
                ) -> float:
     "Mean LPIPS(manipulated, original) over the first `n` pairs (NaN when there is none)."
+    # DEVIATION (dataset card, ours): DGM4 pairs originals and fakes only through the news id; both resized to `size`
     pairs = list(pairs)[:n]
     if not pairs: return float("nan")
     def load(rel: str) -> torch.Tensor:
@@ -237,6 +238,8 @@ def fit_box(box: Box,  # x1, y1, x2, y2 in stored pixels
     "Official integer `(x, y, w, h)` of a box clipped to the image, and whether clipping was needed; ValueError when it lies outside."
     W, H = size
     x1, y1, x2, y2 = box
+    # DEVIATION: the official code uses boxes as stored; an overflowing box is clipped (and counted by the caller),
+    # a box that misses the image is an error
     c = (min(max(x1, 0.0), W), min(max(y1, 0.0), H), min(max(x2, 0.0), W), min(max(y2, 0.0), H))
     if c[2] <= c[0] or c[3] <= c[1]: raise ValueError(f"box {list(box)} does not overlap the {W}x{H} image")
     return (int(c[0]), int(c[1]), int(c[2] - c[0]), int(c[3] - c[1])), c != (x1, y1, x2, y2)
@@ -420,6 +423,7 @@ class AuxTexts:
                 if not self.fallback_to_text:
                     raise DataError(f"no auxiliary {kind} for image {record.image!r} (keys tried: image+TAB+text, image)",
                                     record.source, record.where, kind=f"missing_aux_{kind}")
+                # DEVIATION: ASAP falls back to the news text silently; here only with fallback_to_text=True, and counted
                 text = record.text  # ASAP: img_cap.get(img, caption) — the news text
                 if report is not None: report.repair(f"aux_{kind}_fallback", record.source, record.where, f"no auxiliary {kind}; used the news text")
             out.append(pre_caption(text, max_words))
@@ -494,6 +498,7 @@ class DGM4Dataset(Dataset):
                 texts = self.aux_texts.resolve(r, max_words=self.max_words, report=self.report) if self.aux_texts else (None, None)
             except DataError as e:
                 handle_error(e, self.strict, self.report); continue
+            # DEVIATION: the official loader drops word indices >= max_words silently; we drop and count them
             dropped = [p for p in r.fake_text_pos if p >= self.max_words]
             if dropped: self.report.repair("text_pos_truncated", r.source, r.where, f"fake word indices {dropped} >= max_words={self.max_words} dropped")
             kept.append(r); aux.append(texts)
@@ -564,7 +569,7 @@ def _faces(rec: DGM4Record, li: LoadedImage, flip: bool, issues: IssueReport, fa
         boxes = np.asarray(face_detector(li.image), np.float64).reshape(-1, 4) / np.array([sx, sy, sx, sy])
     boxes = np.stack([boxes[:, 0].clip(0, W), boxes[:, 1].clip(0, H), boxes[:, 2].clip(0, W), boxes[:, 3].clip(0, H)], 1)
     boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
-    if len(boxes) == 0:  # our documented fallback (no official face pipeline exists for DGM4)
+    if len(boxes) == 0:  # DEVIATION: our fallback (DGM4 has no official face pipeline): the whole image, counted
         boxes = np.array([[0.0, 0.0, W, H]])
         issues.repair("no_face", rec.source, rec.where, "no face box (mtcnn_boxes/detector); used the whole image")
     chosen = np.asarray(select_faces(boxes.tolist(), max_faces))               # largest first, (F', 4) stored pixels

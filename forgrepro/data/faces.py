@@ -135,6 +135,7 @@ def crop_faces(image: Image.Image,  # PIL image (any mode; converted to RGB)
     if not chosen: return torch.zeros(0, 3, size, size)
     width, height = image.size
     b = torch.tensor(chosen, dtype=torch.float32)                              # (F, 4)
+    # DEVIATION: facenet-pytorch's margin is in pixels; ours is a fraction of the box (scale-free)
     wh = (b[:, 2:] - b[:, :2]).repeat(1, 2) * torch.tensor([-margin, -margin, margin, margin])
     b = (b + wh).clamp(min=0).minimum(torch.tensor([width, height, width, height], dtype=torch.float32))
     bad = ((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])).nonzero().flatten()

@@ -109,6 +109,7 @@ def parse_mmtt_record(raw: Mapping[str, Any],  # one annotation record
     inst = raw["instance_id"]
     if isinstance(inst, bool) or not (isinstance(inst, int) or (isinstance(inst, str) and inst.isdigit())):
         raise err(f"instance_id must be an integer or a digit string, got {inst!r}", "bad_type")
+    # DEVIATION: an empty/absent mask_path crashes the official loader; here it reads as an all-zero mask
     mask = raw.get("mask_path")
     if mask is not None and not isinstance(mask, str): raise err(f"mask_path must be str or null, got {mask!r}", "bad_type")
     regex = caption_to_multilabel(raw["caption"])
@@ -255,6 +256,7 @@ class MMTTDataset(Dataset):
             m = load_mask(self.data_root / rec.mask_path, record=rec.where, max_pixels=self.max_pixels)
             mask = Image.fromarray(((np.asarray(m) > 0) * 255).astype(np.uint8), mode="L")
         if self.train:
+            # DEVIATION: torch's RNG (the dataset's seeded generator), not torchvision's global state: exact resume
             top, left, h, w = random_resized_crop_params(img.size, self.scale, generator=self.generator)
             flip = bool(torch.rand(1, generator=self.generator) < 0.5)
             crop = (left, top, left + w, top + h)

@@ -107,6 +107,7 @@ ASAP_ABLATIONS: dict[str, dict[str, Any]] = {
     "caption_only": {"lma_explanation": False, "ied": False},    # LMA with captions only
     "explanation_only": {"lma_caption": False},                  # LMA with explanations only (contrastive + IED)
     "no_hard_negatives": {"pmm_negatives": "all"},
+    # DEVIATION (assumption): the ladder baseline and 'w/o hard negatives' rows are not released; defined here
     # module ladder
     "ladder_baseline": {**_NO_LMA, "mgca": False, "pmm": False},
     "ladder_lma": {"mgca": False, "pmm": False},
@@ -137,6 +138,8 @@ def mgca_guidance(box: Tensor,  # (B, 4) cxcywh in [0, 1]; all-zero = no manipul
                   cls_offset_quirk: bool = False,  # reproduce the official [CLS] off-by-one
                  ) -> Tensor:
     "MGCA target M_g (B, N, L): 1 where the patch overlaps the fake box OR the token is fake (`ASAP.py::forward`, BIC block)."
+    # DEVIATION: the release sets every sample's fake-token columns for the whole batch, one column off ([CLS]);
+    # fixed by default, reproduced by batch_wide_quirk / cls_offset_quirk
     patches = box_patch_mask(box, grid)                                   # (B, N) bool, overlap test of get_res_pos_Attention
     fake = token_labels == 1                                              # (B, L-1)
     cols = F.pad(fake, (0, 1)) if cls_offset_quirk else F.pad(fake, (1, 0))  # (B, L): column j+1 (fixed) or j (quirk)
@@ -158,6 +161,7 @@ def pmm_labels(box: Tensor,  # (B, 4) cxcywh in [0, 1]; all-zero = no manipulate
 # %% ../../nbs/42_methods.asap.ipynb #b6a3a2a1
 def encode_texts(encoder: TextEncoder, texts: Sequence[TextInput]) -> list[Tensor]:
     "One `encode_text` pass over several tokenised texts of equal batch size: ids (B, L_i) each -> [(B, L_i, C)]."
+    # DEVIATION (speed): the release encodes news text, caption and explanation in separate passes; one batched pass
     if len(texts) == 1: return [encoder.encode_text(texts[0].input_ids, texts[0].attention_mask)]
     L = max(t.input_ids.shape[1] for t in texts)
     ids = torch.cat([F.pad(t.input_ids, (0, L - t.input_ids.shape[1])) for t in texts])            # (ΣB, L)
@@ -226,6 +230,7 @@ class Asap(Hammer):
         if train and cfg.mgca:
             guide = mgca_guidance(batch.box, batch.token_labels, cfg.grid, cfg.mgca_batch_wide_quirk,
                                   cfg.mgca_cls_offset_quirk)                            # (B, N, L)
+            # DEVIATION (option): the attention bias of the paper text is not in the release; mgca_mode='bias'/'both' adds it
             if cfg.mgca_mode != "loss":  # paper text: softmax(QKᵀ/√d + β·M_g), last fusion layer, training only
                 bias = cfg.mgca_beta * F.pad(guide, (0, 0, 1, 0)).transpose(1, 2)       # (B, L, 1+N), 0 on image [CLS]
         want_scores = guide is not None and cfg.mgca_mode != "bias"
@@ -345,6 +350,7 @@ def lma_losses(sims_caption: PairSims | None,  # image/caption similarities, or 
         i2c, c2i, _, c2c = pair_contrastive(sims_caption, None, alpha)
         terms.update(i2c=i2c, c2i=c2i, c2c=c2c)
     if sims_explanation is not None:
+        # DEVIATION: the release reuses the p2i soft targets for i2p; fixed by default, i2p_quirk reproduces it
         i2p, p2i, _, p2p = pair_contrastive(sims_explanation, real, alpha, "b2a_m" if i2p_quirk else "a2b_m")
         terms.update(i2p=i2p, p2i=p2i, p2p=p2p)
     return terms

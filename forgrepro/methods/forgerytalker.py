@@ -109,7 +109,8 @@ def forgerytalker_tiny() -> ForgeryTalkerConfig:
                       feed_forward_proj="relu", dropout=0.0, vocab_size=None, max_output_len=128,
                       tie_word_embeddings=True, dense_act_fn=None),
         prompter=fpn_tiny().prompter,
-        # LayerNorm eps 1e-6 (transformers' SAM default) in the two-way blocks, as the committed tiny runs were trained
+        # DEVIATION (tiny only): LayerNorm eps 1e-6 (transformers' SAM default) in the two-way blocks, ln_vision eps 1e-6
+        # and a ReLU T5 (LAVIS: 1e-5, 1e-5, exact GELU), as the committed tiny runs were trained
         mask_decoder=MaskDecoderConfig(kind="sam", hidden_size=64, mlp_dim=128, num_layers=2, num_heads=4,
                                        out_size=64, prompt_heads=4, layer_norm_eps=1e-6),
         tag_gate=TagGateConfig(enabled=True, hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128,

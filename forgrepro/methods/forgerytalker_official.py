@@ -116,6 +116,8 @@ def official_key_links(model: ForgeryTalker) -> list[KeyLink]:
     bert_rows = model.prompt_tokenizer.qformer.vocab_size   # the official tag BERT's vocabulary (no added tokens)
     links, unmapped = [], []
     for key, t in model.state_dict().items():
+        # DEVIATION (layout): EVA has q_bias/v_bias only; transformers' qkv.bias holds a key part too (0 on load, dropped on
+        # export); our tag BERT has one more row ([DEC]) than bert-base, never used by a region name, not exported
         m = re.fullmatch(r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.qkv\.bias", key)
         if m:
             c = t.shape[0] // 3
@@ -320,6 +322,7 @@ def evaluate_forgerytalker_model(model: ForgeryTalker,  # any ForgeryTalker (eva
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=MMTTCollator())
     model = model.eval().to(device)
     model.float()
+    # DEVIATION: the official mix (EVA fp16 autocast, Q-Former/FPN/mask fp32, Flan-T5 bf16) is not reproduced: fp32 or bf16
     if precision == "bf16": model.llm.to(torch.bfloat16)            # the official frozen Flan-T5 is bf16
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" and device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
@@ -334,6 +337,7 @@ def evaluate_forgerytalker_model(model: ForgeryTalker,  # any ForgeryTalker (eva
                                    ensure_ascii=False) + "\n")
                 preds[meta["image_id"]], refs[meta["image_id"]] = text, meta["caption_raw"]
             if ex.mask_logits is not None:
+                # DEVIATION: images without mask_path make the official script fail; they are left out of the mask means
                 have = [i for i, m in enumerate(batch.meta) if m["mask_path"] is not None]
                 if have:
                     gts = [load_gt_mask(ds.data_root / batch.meta[i]["mask_path"]) for i in have]

@@ -97,6 +97,8 @@ class Hammer(nn.Module):
         text_embeds = self.text_encoder.encode_text(ids, mask)              # (B, L, C)
         fused = self.text_encoder.fuse(text_embeds, mask, image_embeds).hidden
         loc = self.localizer(image_embeds, text_embeds, mask)
+        # DEVIATION (speed): the official TMG re-runs the 12-layer BERT from the ids; we reuse the fusion pass of BIC/MLC
+        # (identical in eval(); in training only the dropout masks differ)
         out = HammerOutput(logits_bin=self.itm_head(fused[:, 0]), logits_multi=self.cls_head(fused[:, 0]),
                            box=loc.box, logits_tok=self.token_head(fused))
         if self.training:

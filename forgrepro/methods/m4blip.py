@@ -526,6 +526,7 @@ class GroupedIdBatchSampler(Sampler[list[int]]):
                  batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
                  num_replicas: int = 1,  # DDP world size
                  rank: int = 0):
+        # DEVIATION (choice; no official code): records of one news id share a batch so FCA sees an original with its fakes
         groups: dict = {}
         for i, k in enumerate(ids): groups.setdefault(k, []).append(i)
         self.groups, self.batch_size, self.shuffle, self.seed = list(groups.values()), batch_size, shuffle, seed

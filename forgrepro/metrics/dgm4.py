@@ -91,7 +91,8 @@ def average_precision(scores: Tensor | np.ndarray,  # (N, K) scores (raw logits)
     s, t = _finite_scores(scores, "scores"), _binary(targets, "targets")
     if s.dim() == 1: s, t = s[:, None], t.reshape(-1, 1)
     if s.shape != t.shape: raise ValueError(f"scores {tuple(s.shape)} and targets {tuple(t.shape)} differ in shape")
-    # Pinned tie rule: stable descending sort (the official torch.sort order among ties is implementation-defined).
+    # DEVIATION (AP tie rule): stable descending sort; the official torch.sort order among ties is implementation-defined.
+    # DEVIATION: float64 accumulation (the official meter stores float32): < 1e-7 difference
     order = torch.sort(s, dim=0, descending=True, stable=True).indices     # (N, K)
     hits = t.to(s.device).gather(0, order).double()                         # (N, K) 1 where the ranked sample is positive
     rank = torch.arange(1, len(s) + 1, dtype=torch.float64, device=s.device)[:, None]
@@ -275,6 +276,8 @@ def dgm4_breakdown(data: DGM4EvalData,  # per-sample record
                                       f"(got {names[given[bad[0]]]!r}, multi-hot says {names[idx[bad[0]]]!r})")
     mh = data.multi_label.bool()
     orig, img, txt = ~mh.any(1), mh[:, :2].any(1), mh[:, 2:].any(1)
+    # DEVIATION: the subset files of HAMMER Tables 3-4 / ASAP's per-type table were never released; the subsets are
+    # derived from one full-test run: image = orig + image-only fakes, text = orig + text-only fakes, joint = orig + both
     subsets = {"all": torch.ones_like(orig), "image": orig | (img & ~txt), "text": orig | (txt & ~img),
                "joint": orig | (img & txt)}
     subsets |= {n: (idx == i) | orig for i, n in enumerate(names)}

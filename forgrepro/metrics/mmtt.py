@@ -37,6 +37,7 @@ def caption_metrics(predictions: Mapping[Hashable, str],  # id -> generated expl
                     scale: float = 100.0,  # 100 reports percentages as the papers do
                    ) -> dict[str, float | None]:
     "BLEU-1..4, METEOR, ROUGE-L, CIDEr (×`scale`), SPICE = None, and the number of scored captions N."
+    # DEVIATION: SPICE (needs a CoreNLP download) is reported as unavailable (None), never computed or faked
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -206,6 +207,7 @@ def plm(pred: Sequence[str] | Mapping[Hashable, str] | Tensor,  # generated capt
         scale: float = 100.0,  # 100 reports percentages
        ) -> float:
     "Positive label matching (our definition): Σ|pos(pred) ∧ pos(ref)| / Σ|pos(ref)| × `scale`."
+    # DEVIATION: PLM is not in the released code; this is our definition (stated in every table)
     p, r = _aligned_regions(pred, ref)
     hit, total = float((p & r).sum()), float(r.sum())
     return hit / total * scale if total else float("nan")

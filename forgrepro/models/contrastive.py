@@ -30,6 +30,8 @@ def momentum_update(pairs: Sequence[tuple[nn.Module, nn.Module]], momentum: floa
     online = [p for a, _ in pairs for p in a.parameters()]
     ema = [p for _, b in pairs for p in b.parameters()]
     if len(online) != len(ema): raise ValueError("momentum pairs differ in parameter count")
+    # DEVIATION (speed): one fused lerp instead of the official per-parameter `p_m = p_m*m + p*(1-m)`: same maths,
+    # the last float32 bit differs for some elements
     torch._foreach_lerp_(ema, online, 1.0 - momentum)
 
 # %% ../../nbs/23_models.contrastive.ipynb #692d1e82
@@ -57,6 +59,7 @@ class FeatureQueue(nn.Module):
         feats = gather_features(feats).to(self.queue.dtype)
         n, k = feats.shape[0], self.size
         if n >= k: self.queue.copy_(feats[-k:].T); self.ptr.zero_(); return
+        # DEVIATION: the official _dequeue_and_enqueue asserts queue size % batch == 0; this ring buffer wraps around
         idx = (torch.arange(n, device=feats.device) + self.ptr) % k            # on-device: no host sync
         self.queue[:, idx] = feats.T
         self.ptr.copy_((self.ptr + n) % k)

@@ -236,6 +236,7 @@ def fpn_loss(logits: Tensor,  # (B, 21) region logits
     targets = targets.to(logits.dtype)
     parts = {"bce": weighted_bce(logits, targets, neg_weight), "dice": dice_loss(logits, targets)}
     if variant == "paper": return LossOutput(0.5 * (parts["bce"] + parts["dice"]), parts)
+    # DEVIATION: the official value adds 0.5·features_loss, a no-grad cross-entropy of the middle block: same gradient
     if variant == "official":
         parts |= {"focal": focal_loss(logits, targets), "jaccard": jaccard_loss(logits, targets)}
         return LossOutput(0.5 * sum(parts.values()) / 4, parts)
