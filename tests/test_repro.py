@@ -175,6 +175,21 @@ def test_parameters_are_typed_scalars_with_help(nb):
         assert "'" not in line.split("#", 1)[1], f"{nb.name}: {line!r}: papermill cannot parse an apostrophe in the comment"
 
 
+@pytest.mark.parametrize("nb", EXPERIMENTS, ids=lambda p: p.name)
+def test_plain_papermill_help_lists_every_parameter(nb):
+    "The templates keep a kernelspec (papermill's kernel and language), so `papermill --help-notebook` works."
+    import subprocess, sys
+    meta = json.loads(nb.read_text())["metadata"]["kernelspec"]
+    assert (meta["name"], meta["language"]) == ("python3", "python"), nb.name
+    res = subprocess.run([str(Path(sys.executable).parent / "papermill"), "--help-notebook", str(nb)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shown = " ".join(res.stdout.split())
+    for line in (l for l in parameter_cell(nb).splitlines() if l.strip()):
+        name, comment = line.split(":", 1)[0].strip(), line.split("#", 1)[1].strip()
+        assert f"{name}: " in shown and " ".join(comment.split()) in shown, (nb.name, name, comment)
+
+
 def test_base_yaml_mirrors_train_notebook():
     ns: dict = {}
     exec(parameter_cell(ROOT / "nbs" / "experiments" / "train.ipynb"), ns)
@@ -266,6 +281,25 @@ def test_reproduce_writes_run_folders_and_tables(e2e):
     assert "(trivial_baselines.md)" in (d / "reports" / "synthetic" / "tiny" / "README.md").read_text()
     assert (d / "reports" / "synthetic" / "tiny" / "figures" / "roc_per_method.png").is_file()
     assert (d / "reports" / "synthetic" / "tiny" / "README.md").is_file()
+
+
+def test_plain_papermill_runs_the_template(e2e, tmp_path):
+    "`papermill train.ipynb -f base -f row -f preset -p data ... -p run_dir ...`, as a new user types it, trains the runner's row to the same metrics."
+    import subprocess, sys
+    d, kw, _ = e2e
+    run = d / "runs" / "synthetic" / "tiny" / "hammer"
+    runner = repro.load_yaml(run / "params.yaml")
+    cfg = ROOT / "configs"
+    files = [cfg / "base.yaml", cfg / "rows" / "hammer.yaml", cfg / "presets" / "minimal.yaml"]
+    stacked = {k: v for f in files for k, v in repro.load_yaml(f).items()} | {"data": runner["data"], "threads": runner["threads"]}
+    assert {k: v for k, v in stacked.items() if k not in ("title", "run_dir")} == \
+        {k: v for k, v in runner.items() if k != "run_dir"}                          # the same parameters as the runner's row
+    cmd = [str(Path(sys.executable).parent / "papermill"), str(ROOT / "nbs" / "experiments" / "train.ipynb"),
+           str(tmp_path / "out.ipynb"), *[a for f in files for a in ("-f", str(f))],
+           "-p", "data", runner["data"], "-p", "run_dir", str(tmp_path / "run"), "-p", "threads", str(runner["threads"])]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == json.loads((run / "metrics.json").read_text())
 
 
 def test_rerun_is_cached_and_force_reruns(e2e):
