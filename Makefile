@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export PYTHONHASHSEED := 0
 
-.PHONY: setup browser jre test reproduce demo export clean-nbs check-nbs bench lock
+.PHONY: setup browser jre docs test reproduce demo export clean-nbs check-nbs bench lock
 
 setup: $(STAMP)
 
@@ -48,6 +48,11 @@ test: setup browser jre
 # Real data: $(VENV)/bin/forgrepro reproduce --data /path/to/DGM4 --mmtt /path/to/MMTT --scale paper --device cuda
 reproduce: setup
 	$(VENV)/bin/forgrepro reproduce --data synthetic --scale tiny --device cpu --jobs 2 --threads 1 --dataset-card $(REPRO_ARGS)
+
+# The HTML docs site: nbdev's processing of nbs/ (show_doc pages), rendered with nbconvert into _docs/ (one page per
+# module; open _docs/index.html). Quarto, nbdev's usual renderer, is not on any package registry (scripts/build_docs.py).
+docs: setup
+	$(PY) scripts/build_docs.py --out _docs
 
 demo: setup
 	$(VENV)/bin/forgrepro demo

@@ -18,7 +18,7 @@ BIN = Path(sys.executable).parent
 
 def _copy(tmp):
     dst = tmp / "repo"
-    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "reports", "data",
+    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "reports", "data", "_proc", "_docs",
                                                              ".ipynb_checkpoints", "*.egg-info", ".pytest_cache"))
     return dst
 
@@ -65,6 +65,7 @@ def _notebook_modules() -> dict[str, tuple[int, str]]:
     import re
     out: dict[str, tuple[int, str]] = {}
     for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        if nb.name == "index.ipynb": continue                     # the docs landing page (no module)
         m = re.match(r"(\d+)_", nb.name)
         assert m, f"{nb.name}: library notebooks are named NN_module.ipynb"
         exps = {re.search(r"#\|\s*default_exp\s+(\S+)", "".join(c["source"])).group(1)
