@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from .core import IssueReport, load_json, override, save_json
 from .task import Task
-from .train import TrainConfig, fit, forgerytalker_train_config, tiny_train_config, TRAIN_PRESETS
+from .train import TrainConfig, batch_plan, fit, forgerytalker_train_config, tiny_train_config, world_size, TRAIN_PRESETS
 
 # %% auto #0
 __all__ = ['TINY_DGM4_OVERRIDES', 'TINY_M4BLIP_OVERRIDES', 'HAMMER_ABLATIONS', 'METHODS', 'DataNeeds', 'MethodSpec',
@@ -211,7 +211,9 @@ def dgm4_loaders(root: str | os.PathLike,  # folder containing DGM4/
         def build() -> DataLoader:
             ds = DGM4Dataset(root, split, image_res=needs.image_res, train=train, strict=strict, report=report,
                              face_size=needs.face_size, max_faces=needs.max_faces,
-                             aux_texts=_aux_texts(root, split, aux_dir) if needs.aux_texts else None)
+                             # ASAP dataset.py reads its aux files for training only (val/test: empty dicts) and
+                             # the model uses them only in training mode: evaluation needs none
+                             aux_texts=_aux_texts(root, split, aux_dir) if needs.aux_texts and train else None)
             return DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=collate, num_workers=num_workers)
         return build
     return {"train": make("train", True, batch_size), "val": make("val", False, eval_batch_size),
@@ -263,6 +265,11 @@ def _run_dgm4(spec, data_root, run_dir, record, *, aux_dir, strict, force) -> di
     from forgrepro.evaluate import evaluate, write_metrics
     task = build_task(spec)
     cfg = spec.train_config(run_dir / "train")
+    plan = batch_plan(cfg, world_size())   # the published global batch on this launch's processes (fit applies it)
+    if plan.grad_accum > 1 and hasattr(task.cfg, "momentum"):
+        # DEVIATION: with accumulation the model's forward (and its teacher EMA) runs once per micro-batch; momentum
+        # m^(1/A) per micro-batch gives the teacher exactly one official update with m per optimiser step.
+        task.cfg = replace(task.cfg, momentum=task.cfg.momentum ** (1.0 / plan.grad_accum))
     report = IssueReport()
     loaders = dgm4_loaders(data_root, method_spec(spec.method).data_needs(task), cfg.batch_size, aux_dir=aux_dir,
                            strict=strict, report=report, num_workers=cfg.num_workers)
