@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['seed_everything', 'default_device', 'DataError', 'Issue', 'IssueReport', 'handle_error', 'override', 'config_to_dict',
-           'save_json', 'load_json', 'git_sha', 'env_record', 'local_weights']
+__all__ = ['seed_everything', 'default_device', 'DataError', 'Issue', 'IssueReport', 'handle_error', 'error_summary', 'override',
+           'config_to_dict', 'save_json', 'load_json', 'git_sha', 'env_record', 'local_weights']
 
 # %% ../nbs/00_core.ipynb #25a3049b
 def seed_everything(seed: int,  # seed for python, numpy and torch (all devices)
@@ -106,6 +106,22 @@ def handle_error(err: DataError, strict: bool, report: IssueReport | None) -> No
     if strict: raise err
     if report is None: raise ValueError("skip-and-report mode needs an IssueReport") from err
     report.skip(err)
+
+# %% ../nbs/00_core.ipynb #32f62d7d
+def error_summary(err: BaseException,  # any exception, including papermill's `PapermillExecutionError`
+                  limit: int = 1000,  # longest summary returned
+                 ) -> str:
+    "'Type: message' of `err`; for an error raised inside an executed notebook, the notebook's own exception."
+    ename, evalue = getattr(err, "ename", None), getattr(err, "evalue", None)
+    if ename is not None:   # papermill: its own str() is a traceback that starts with a blank line
+        text = f"{ename}: {evalue}".strip()
+        cell = getattr(err, "exec_count", None)
+        text += f" (raised in cell [{cell}] of the executed notebook)" if cell is not None else ""
+    else:
+        lines = [l for l in str(err).splitlines() if l.strip()]
+        text = f"{type(err).__name__}: {lines[0].strip()}" if lines else type(err).__name__
+        if len(lines) > 1: text += f" (+{len(lines) - 1} more lines)"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 # %% ../nbs/00_core.ipynb #08b38c30
 def override(cfg, overrides: Mapping[str, Any] | None = None, **kwargs):
