@@ -25,7 +25,8 @@ from .train import TrainConfig, batch_plan, fit, forgerytalker_train_config, tin
 # %% auto #0
 __all__ = ['TINY_DGM4_OVERRIDES', 'TINY_M4BLIP_OVERRIDES', 'HAMMER_ABLATIONS', 'METHODS', 'DataNeeds', 'MethodSpec',
            'tiny_dgm4_train_config', 'method_spec', 'ExperimentSpec', 'data_fingerprint', 'dgm4_loaders', 'build_task',
-           'run_experiment', 'load_trained', 'forgerytalker_train_configs', 'forgerytalker_run', 'load_forgerytalker']
+           'run_experiment', 'load_trained', 'forgerytalker_train_configs', 'forgerytalker_run', 'forgerytalker_test',
+           'forgerytalker_config', 'load_forgerytalker']
 
 # %% ../nbs/51_experiment.ipynb #644d32e0
 @dataclass(frozen=True)
@@ -405,10 +406,30 @@ def forgerytalker_run(data_root: str | os.PathLike,  # MMTT-format folder (annot
               (lambda: _mmtt_loader(ds("eval"), 32, False)) if validate else None, tcfg, resume=True)
     model = res.model
     if validate: load_checkpoint(_weights_dir(out / "stage2"), model)
-    # generation + evaluation on the test split
-    task = ForgeryTalkerTask(cfg, llm_tokenizer=ltok, qformer_tokenizer=qtok, caption_metrics=caption_metrics)
+    return forgerytalker_test(model, cfg, ltok, qtok, root, out, caption_metrics=caption_metrics)   # generation + metrics
+
+def forgerytalker_test(model: nn.Module,  # a ForgeryTalker (eval mode is set here)
+                       cfg,  # its `ForgeryTalkerConfig` (prompts, image size)
+                       llm_tokenizer, qformer_tokenizer,
+                       data_root: str | os.PathLike,  # MMTT-format folder
+                       out_dir: str | os.PathLike,  # receives metrics.json, env.json, predictions.json, region_predictions.npz
+                       *,
+                       split: str = "test",
+                       batch_size: int = 32,  # generation batch
+                       caption_metrics: Callable | None = None,  # caption scorer (default: official pycocoevalcap)
+                       mixed_precision: str = "auto",  # `forgrepro.evaluate.evaluate`'s setting
+                       extra_env: Mapping | None = None,  # more provenance for env.json
+                      ) -> dict[str, float | None]:
+    "Beam-search explanations and masks on `split`, scored with the official text and mask metrics; flat `metrics.json`."
+    import numpy as np
+    from forgrepro.data.mmtt import REGIONS, MMTTDataset
+    from forgrepro.evaluate import evaluate, write_metrics
+    from forgrepro.methods.forgerytalker import ForgeryTalkerTask
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    task = ForgeryTalkerTask(cfg, llm_tokenizer=llm_tokenizer, qformer_tokenizer=qformer_tokenizer, caption_metrics=caption_metrics)
     ev = task.evaluator()
-    m = evaluate(model, ev, _mmtt_loader(ds("test"), 32, False))
+    ds = MMTTDataset(Path(data_root), split, image_size=cfg.vision.image_size, train=False, generator=torch.Generator().manual_seed(0))
+    m = evaluate(model, ev, _mmtt_loader(ds, batch_size, False), mixed_precision=mixed_precision)
     save_json({str(k): v for k, v in ev.predictions.items()}, out / "predictions.json")     # generated explanations
     if ev.fpn_pred:   # the FPN's test-set regions, for the region-prompt confusion figure
         np.savez(out / "region_predictions.npz", pred=torch.cat(ev.fpn_pred).numpy(), gt=torch.cat(ev.fpn_gt).numpy(),
@@ -421,7 +442,7 @@ def forgerytalker_run(data_root: str | os.PathLike,  # MMTT-format folder (annot
     metrics: dict[str, float | None] = {k: None if v is None or v != v else v for k, v in ordered.items()}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="metric .* is nan")  # unavailable metrics are written as null
-        write_metrics({k: (float("nan") if v is None else v) for k, v in metrics.items()}, out)
+        write_metrics({k: (float("nan") if v is None else v) for k, v in metrics.items()}, out, extra=extra_env)
     return metrics
 
 # `model_config.json` of runs written before ForgeryTalker shared the vision / Q-Former configs (`EvaViTConfig`,
@@ -434,16 +455,23 @@ def _current_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
     "Flat ForgeryTalker config keys with the legacy names mapped onto the current ones."
     return {new: v for k, v in flat.items() for new in _FT_LEGACY_KEYS.get(k, (k,))}
 
+def forgerytalker_config(run_dir: str | os.PathLike,  # a `forgerytalker_run` folder
+                        ):
+    "The `ForgeryTalkerConfig` a run was trained with (its `model_config.json`), set to take every tensor from `stage2/`."
+    from forgrepro.methods.forgerytalker import ForgeryTalkerConfig
+    f = Path(run_dir) / "model_config.json"
+    if not f.is_file(): raise FileNotFoundError(f"{f}: not a ForgeryTalker run folder (written by forgerytalker_run)")
+    cfg = override(ForgeryTalkerConfig(), _current_keys(json.loads(f.read_text())))
+    return replace(cfg, pretrained=False, fpn_weights=None)  # every tensor comes from the stage-2 checkpoint
+
 def load_forgerytalker(run_dir: str | os.PathLike,  # a `forgerytalker_run` folder
                       ) -> tuple[nn.Module, Any, Any]:
     "(model in eval mode, LLM tokenizer, Q-Former tokenizer) of a finished run (stage-2 `best/`, else `last/`)."
     from forgrepro.checkpoint import load_checkpoint
     from forgrepro.data.prompts import load_llm_tokenizer, load_qformer_tokenizer
-    from forgrepro.methods.forgerytalker import ForgeryTalkerConfig, build_forgerytalker
+    from forgrepro.methods.forgerytalker import build_forgerytalker
     run_dir = Path(run_dir)
-    flat = json.loads((run_dir / "model_config.json").read_text())
-    cfg = override(ForgeryTalkerConfig(), _current_keys(flat))
-    cfg = replace(cfg, pretrained=False, fpn_weights=None)  # every tensor comes from the stage-2 checkpoint
+    cfg = forgerytalker_config(run_dir)
     ltok, qtok = load_llm_tokenizer(cfg.llm_tokenizer), load_qformer_tokenizer(cfg.qformer_tokenizer)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*RANDOMLY.*")  # the FPN is loaded right below
