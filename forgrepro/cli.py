@@ -43,6 +43,48 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-figures", action="store_true", help="skip nbs/experiments/figures.ipynb")
     r.add_argument("--dataset-card", action="store_true", help="also run nbs/experiments/dataset_card.ipynb")
     r.add_argument("--list", action="store_true", help="print the tables and the rows they need, run nothing")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print each row's training plan (processes, micro-batch, accumulation, global batch, steps, "
+                        "parameters, memory per GPU from a meta-device build) and run nothing")
+    r.add_argument("--micro-batch", type=int, default=None, metavar="M",
+                   help="per-process micro-batch (memory); accumulation keeps the paper's global batch (must divide it)")
+    r.add_argument("--weights", action="append", default=[], metavar="ROW=PATH",
+                   help="a released checkpoint for table row ROW (.pth, .safetensors or run folder), scored here with "
+                        "`forgrepro evaluate` and shown as 'released checkpoint, evaluated here' (no training)")
+    r.add_argument("--no-train", action="store_true",
+                   help="train nothing: reuse finished rows, score --weights, render the tables")
+    e = sub.add_parser("evaluate", help="score a checkpoint (official .pth / .safetensors / run folder) with the official test settings",
+                       description="Score HAMMER / ASAP / M4-BLIP / ForgeryTalker weights on a split the way the official "
+                                   "test.py does (fp32, the official test batch and preprocessing); writes metrics.json "
+                                   "(official metrics and per-type breakdown), predictions and env.json.")
+    e.add_argument("method", choices=("hammer", "asap", "m4blip", "forgerytalker"))
+    e.add_argument("--weights", required=True, help="official .pth (converted once, weights_only), .safetensors, or a forgrepro run folder")
+    e.add_argument("--data", default=None, help="folder containing DGM4/ (MMTT root for forgerytalker, or give --mmtt)")
+    e.add_argument("--mmtt", default=None, help="MMTT root (forgerytalker)")
+    e.add_argument("--split", default="test", help="split name (metadata/<split>.json) or a metadata file")
+    e.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 as the official test.py (default)")
+    e.add_argument("--out", default=None, help="output folder (default runs/<data>/evaluate/<method>/<weights name>)")
+    e.add_argument("--scale", choices=("paper", "tiny"), default="paper",
+                   help="model size for a checkpoint that does not record one (released checkpoints: paper)")
+    e.add_argument("--overrides", default="{}", help="dotted config overrides as JSON, e.g. '{\"vision.image_size\": 384}'")
+    e.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: the official test batch)")
+    e.add_argument("--num-workers", type=int, default=0)
+    e.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    e.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (smoke runs)")
+    a = sub.add_parser("aux-texts", help="ASAP's auxiliary captions and explanations for a DGM4 split from local models",
+                       description="Caption every image with a local image-to-text model and explain every news text with a "
+                                   "local instruct LLM, with ASAP's prompts (LargeModelScripts/vlm_script.py, "
+                                   "llm_script.py), greedy decoding; resumable; writes forgrepro's aux/ files and ASAP's layout.")
+    a.add_argument("--data", required=True, help="folder containing DGM4/")
+    a.add_argument("--split", default="train", help="train | val | test (ASAP trains with train only)")
+    a.add_argument("--captioner", required=True, help="local transformers image-to-text model folder (InstructBLIP, BLIP-2, LLaVA, ...)")
+    a.add_argument("--llm", required=True, help="local transformers instruct LLM folder with a chat template (e.g. Mistral-7B-Instruct)")
+    a.add_argument("--out", default=None, help="output folder (default <data>/aux, where training looks)")
+    a.add_argument("--batch-size", type=int, default=16, help="images / prompts per generate call")
+    a.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available (bf16), else cpu (fp32)")
+    a.add_argument("--caption-max-new-tokens", type=int, default=60, help="caption length cap (pre_caption keeps 50 words)")
+    a.add_argument("--limit", type=int, default=None, help="only the first N records of the split (smoke runs)")
+    a.add_argument("--restart", action="store_true", help="discard a previous unfinished run in the output folder")
     rr = sub.add_parser("run-row", help="train one resolved row (params.yaml) in this process; used under accelerate launch")
     rr.add_argument("params", help="a params.yaml written by `reproduce`")
     d = sub.add_parser("demo", help="serve the Gradio demo")
@@ -71,14 +113,85 @@ def run_row_cli(params_file: str) -> int:
     run_experiment(row_spec(params), params["data"], params["run_dir"], device=params["device"], force=bool(params.get("force")))
     return 0
 
-def main(argv: Sequence[str] | None = None) -> int:
-    "Entry point of the `forgrepro` console script."
-    args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        from forgrepro.demo import serve  # lazy: gradio is heavy
-        serve(checkpoints=args.checkpoints, share=args.share, port=args.port)
-        return 0
-    if args.command == "run-row": return run_row_cli(args.params)
+def _fail(command: str, err: BaseException) -> int:
+    "Print the underlying error (type, file, record) of a failed command and return its exit status."
+    from forgrepro.core import error_summary
+    print(f"forgrepro {command}: {error_summary(err)}", file=sys.stderr)
+    return 1
+
+def _parse_weights(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        name, sep, path = it.partition("=")
+        if not sep or not name or not path: raise ValueError(f"--weights {it!r}: expected ROW=PATH (e.g. hammer=checkpoint_best.pth)")
+        out[name] = path
+    return out
+
+def _evaluate(args) -> int:
+    import json
+    from pathlib import Path
+    from forgrepro.released import evaluate_weights
+    from forgrepro.repro import data_key
+    root = (args.mmtt or args.data) if args.method == "forgerytalker" else args.data
+    if not root: print(f"forgrepro evaluate: give --data (DGM4 root){' or --mmtt' if args.method == 'forgerytalker' else ''}", file=sys.stderr); return 2
+    out = Path(args.out) if args.out else Path("runs") / data_key(root) / "evaluate" / args.method / Path(args.weights).stem
+    try:
+        m = evaluate_weights(args.method, args.weights, root, out, split=args.split, precision=args.precision, scale=args.scale,
+                             overrides=json.loads(args.overrides), batch_size=args.batch_size, num_workers=args.num_workers,
+                             device=args.device, max_batches=args.max_batches)
+    except Exception as e: return _fail("evaluate", e)
+    head = [k for k in ("AUC", "EER", "ACC", "mAP", "CF1", "OF1", "IoUmean", "IoU50", "IoU75", "Precision", "Recall", "F1",
+                        "CIDEr", "BLEU-4", "ROUGE-L", "IoU") if m.get(k) is not None]
+    print(" ".join(f"{k} {m[k]:.2f}" for k in head))
+    print(f"metrics, predictions and env.json in {out}")
+    return 0
+
+def _aux_texts(args) -> int:
+    from forgrepro.data.aux_texts import generate_aux_texts
+    try:
+        res = generate_aux_texts(args.data, args.split, captioner=args.captioner, llm=args.llm, out_dir=args.out,
+                                 batch_size=args.batch_size, device=args.device, limit=args.limit, restart=args.restart,
+                                 caption_max_new_tokens=args.caption_max_new_tokens)
+    except Exception as e: return _fail("aux-texts", e)
+    print(f"{res['captions']} captions, {res['explanations']} explanations for {args.split} in {res['out']} "
+          f"(ASAP layout in {res['asap']})")
+    return 0
+
+def _check_micro_batch(args, repro) -> None:
+    "Refuse a --micro-batch that does not divide what each process takes of a row's global batch (before anything runs)."
+    from forgrepro.train import batch_plan
+    _, rows = repro.plan(args.tables or None)
+    procs = _num_processes(args.num_processes, args.device)
+    for rid in rows:
+        spec = repro.row_spec(repro.resolve_params(rid, args.scale, presets=args.preset, extra={"batch_size": args.micro_batch}))
+        batch_plan(spec.train_config("."), procs, args.micro_batch)
+
+def _released(args, repro, weights: dict[str, str]) -> tuple[dict, dict, dict]:
+    "Score each ROW=PATH checkpoint (cached): ({row: metrics}, {row: folder}, {row: error})."
+    from pathlib import Path
+    from forgrepro.experiment import method_spec
+    from forgrepro.released import evaluate_weights
+    _, rows = repro.plan(args.tables or None)
+    metrics, dirs, errors = {}, {}, {}
+    for rid, path in weights.items():
+        if rid not in rows: errors[rid] = f"KeyError: --weights {rid}=...: not a row of these tables ({rows})"; continue
+        row = repro.load_row(rid)
+        kind = method_spec(row.method).dataset
+        root = (repro.synthetic_dataset(kind, args.scale) if args.data == "synthetic"
+                else (args.data if kind == "dgm4" else args.mmtt))
+        if root is None: errors[rid] = f"no {kind} data for {rid} (give --mmtt)"; continue
+        out = Path(args.runs) / repro.data_key(args.data) / args.scale / repro.RELEASED_DIR / rid
+        try:
+            metrics[rid] = evaluate_weights(row.method, path, root, out, scale=args.scale, reuse=True,
+                                            device=None if args.device == "cuda" else "cpu")
+            dirs[rid] = out
+        except Exception as e:
+            from forgrepro.core import error_summary
+            errors[rid] = error_summary(e)
+    return metrics, dirs, errors
+
+def _reproduce(args) -> int:
+    from pathlib import Path
     from forgrepro import repro
     if args.list:
         tables, runs = repro.plan(args.tables or None)
@@ -86,18 +199,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(runs)} rows: {runs}")
         if args.seeds: print(f"x {len(set(args.seeds))} seeds {sorted(set(args.seeds))} = {len(runs) * len(set(args.seeds))} runs")
         return 0
-    if args.data != "synthetic" and not __import__("pathlib").Path(args.data).is_dir():
+    if args.data != "synthetic" and not Path(args.data).is_dir():
         print(f"forgrepro reproduce: --data {args.data!r} is neither 'synthetic' nor a folder", file=sys.stderr)
         return 2
+    procs = _num_processes(args.num_processes, args.device)
+    if args.dry_run:
+        from forgrepro.plan import dry_run
+        try: text, _ = dry_run(args.tables or None, data=args.data, mmtt=args.mmtt, scale=args.scale, device=args.device,
+                               processes=procs, micro_batch=args.micro_batch, presets=args.preset)
+        except Exception as e: return _fail("reproduce --dry-run", e)
+        print(text); return 0
+    try:
+        weights = _parse_weights(args.weights)
+        if args.micro_batch: _check_micro_batch(args, repro)
+    except Exception as e: return _fail("reproduce", e)
+    released, released_dirs, rel_errors = _released(args, repro, weights) if weights else ({}, {}, {})
     res = repro.reproduce(args.tables or None, data=args.data, mmtt=args.mmtt, scale=args.scale, device=args.device,
-                          presets=args.preset, force=args.force, launcher=args.launcher,
-                          num_processes=_num_processes(args.num_processes, args.device), threads=args.threads, jobs=args.jobs,
-                          runs_root=args.runs, reports_root=args.reports, figures=not args.no_figures,
-                          dataset_card=args.dataset_card, seeds=args.seeds, baselines=not args.no_baselines)
-    print(f"tables in {res['reports']}: ran {len(res['ran'])}, reused {len(res['skipped'])}, not run {len(res['failed'])} "
-          f"({res['seconds'] / 60:.1f} min)")
-    for k, v in res["failed"].items(): print(f"  {k}: {v}")
-    return 0
+                          presets=args.preset, force=args.force, launcher=args.launcher, num_processes=procs,
+                          threads=args.threads, jobs=args.jobs, runs_root=args.runs, reports_root=args.reports,
+                          figures=not args.no_figures, dataset_card=args.dataset_card, seeds=args.seeds,
+                          baselines=not args.no_baselines, released=released, released_dirs=released_dirs,
+                          train=not args.no_train, extra_params={"batch_size": args.micro_batch} if args.micro_batch else None)
+    print(f"tables in {res['reports']}: ran {len(res['ran'])}, reused {len(res['skipped'])}, not run {len(res['failed'])}"
+          + (f", released checkpoints scored {len(released)}" if weights else "") + f" ({res['seconds'] / 60:.1f} min)")
+    for k, v in res["failed"].items():
+        if k not in res["errors"]: print(f"  {k}: {v}")
+    errors = {**res["errors"], **{f"released {k}": v for k, v in rel_errors.items()}}
+    for k, v in errors.items(): print(f"forgrepro reproduce: {k} failed: {v}", file=sys.stderr)
+    return 1 if errors else 0
+
+def main(argv: Sequence[str] | None = None) -> int:
+    "Entry point of the `forgrepro` console script; non-zero when a command (or any row) failed."
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from forgrepro.demo import serve  # lazy: gradio is heavy
+        serve(checkpoints=args.checkpoints, share=args.share, port=args.port)
+        return 0
+    if args.command == "run-row": return run_row_cli(args.params)
+    if args.command == "evaluate": return _evaluate(args)
+    if args.command == "aux-texts": return _aux_texts(args)
+    return _reproduce(args)
 
 # `python -m forgrepro.cli ...` (what `accelerate launch -m forgrepro.cli run-row` runs); never when a notebook kernel runs this cell
 if __name__ == "__main__" and sys.argv and sys.argv[0].endswith(("cli.py", "forgrepro.cli")): sys.exit(main())

@@ -25,8 +25,8 @@ from .train import TrainConfig, batch_plan, fit, forgerytalker_train_config, tin
 # %% auto #0
 __all__ = ['TINY_DGM4_OVERRIDES', 'TINY_M4BLIP_OVERRIDES', 'HAMMER_ABLATIONS', 'METHODS', 'DataNeeds', 'MethodSpec',
            'tiny_dgm4_train_config', 'method_spec', 'ExperimentSpec', 'data_fingerprint', 'dgm4_loaders', 'build_task',
-           'run_experiment', 'load_trained', 'forgerytalker_train_configs', 'forgerytalker_run', 'forgerytalker_test',
-           'forgerytalker_config', 'load_forgerytalker']
+           'bare_model', 'run_experiment', 'load_trained', 'forgerytalker_train_configs', 'forgerytalker_run',
+           'forgerytalker_test', 'forgerytalker_config', 'load_forgerytalker']
 
 # %% ../nbs/51_experiment.ipynb #644d32e0
 @dataclass(frozen=True)
@@ -233,6 +233,23 @@ def build_task(spec: ExperimentSpec,
     if m.make_task is None: raise TypeError(f"{spec.method} is trained by its own pipeline (see run_experiment)")
     return m.make_task(spec.scale, spec.model_overrides() if model_overrides is None else model_overrides)
 
+def bare_model(method: str,  # 'hammer' | 'asap' | 'm4blip'
+               cfg,  # the method's config (`build_task(...).cfg`)
+              ) -> nn.Module:
+    "A DGM4 method's model from its config alone: random init, no pretrained weights loaded (they come next, or never: meta)."
+    if method == "hammer":
+        from forgrepro.methods.hammer import build_hammer
+        return build_hammer(cfg)
+    if method == "asap":
+        from forgrepro.methods.asap import build_asap
+        return build_asap(cfg)
+    if method == "m4blip":
+        from forgrepro.methods.m4blip import build_m4blip
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*RANDOMLY.*")   # the caller loads the weights (or plans on meta)
+            return build_m4blip(cfg)
+    raise KeyError(f"bare_model: {method!r} is not a DGM4 method (hammer, asap, m4blip)")
+
 def run_experiment(spec: ExperimentSpec,  # what to run
                    data_root: str | os.PathLike,  # dataset folder (DGM4/ or MMTT layout)
                    run_dir: str | os.PathLike,  # output folder (created)
@@ -418,6 +435,7 @@ def forgerytalker_test(model: nn.Module,  # a ForgeryTalker (eval mode is set he
                        batch_size: int = 32,  # generation batch
                        caption_metrics: Callable | None = None,  # caption scorer (default: official pycocoevalcap)
                        mixed_precision: str = "auto",  # `forgrepro.evaluate.evaluate`'s setting
+                       max_batches: int | None = None,  # smoke runs: stop after this many batches
                        extra_env: Mapping | None = None,  # more provenance for env.json
                       ) -> dict[str, float | None]:
     "Beam-search explanations and masks on `split`, scored with the official text and mask metrics; flat `metrics.json`."
@@ -429,7 +447,7 @@ def forgerytalker_test(model: nn.Module,  # a ForgeryTalker (eval mode is set he
     task = ForgeryTalkerTask(cfg, llm_tokenizer=llm_tokenizer, qformer_tokenizer=qformer_tokenizer, caption_metrics=caption_metrics)
     ev = task.evaluator()
     ds = MMTTDataset(Path(data_root), split, image_size=cfg.vision.image_size, train=False, generator=torch.Generator().manual_seed(0))
-    m = evaluate(model, ev, _mmtt_loader(ds, batch_size, False), mixed_precision=mixed_precision)
+    m = evaluate(model, ev, _mmtt_loader(ds, batch_size, False), mixed_precision=mixed_precision, max_batches=max_batches)
     save_json({str(k): v for k, v in ev.predictions.items()}, out / "predictions.json")     # generated explanations
     if ev.fpn_pred:   # the FPN's test-set regions, for the region-prompt confusion figure
         np.savez(out / "region_predictions.npz", pred=torch.cat(ev.fpn_pred).numpy(), gt=torch.cat(ev.fpn_gt).numpy(),

@@ -42,18 +42,17 @@ class Footprint:
     def total_bytes(self) -> int:
         return self.state_bytes + self.grad_bytes + self.optimizer_bytes + (self.activation_bytes or 0)
 
-def _meta_parts(method: str, cfg, micro_batch: int, seq_len: int):
-    "(build, batch) for a DGM4 method's config: builders without pretrained-weight loading, a random batch."
+def _meta_batch(method: str, cfg, micro_batch: int, seq_len: int):
+    "A random training batch for a DGM4 method's config (built on the CPU, moved to meta)."
     if method == "hammer":
-        from forgrepro.methods.hammer import build_hammer, random_dgm4_batch
-        return lambda: build_hammer(cfg), lambda: random_dgm4_batch(micro_batch, seq_len, cfg.vision.image_size)
+        from forgrepro.methods.hammer import random_dgm4_batch
+        return random_dgm4_batch(micro_batch, seq_len, cfg.vision.image_size)
     if method == "asap":
-        from forgrepro.methods.asap import build_asap, random_asap_batch
-        return lambda: build_asap(cfg), lambda: random_asap_batch(micro_batch, seq_len, cfg.vision.image_size, aux_len=(seq_len, seq_len))
+        from forgrepro.methods.asap import random_asap_batch
+        return random_asap_batch(micro_batch, seq_len, cfg.vision.image_size, aux_len=(seq_len, seq_len))
     if method == "m4blip":
-        from forgrepro.methods.m4blip import build_m4blip, random_m4blip_batch
-        return lambda: build_m4blip(cfg), lambda: random_m4blip_batch(micro_batch, seq_len, cfg.vision.image_size,
-                                                                      cfg.face.face_size, cfg.face.max_faces)
+        from forgrepro.methods.m4blip import random_m4blip_batch
+        return random_m4blip_batch(micro_batch, seq_len, cfg.vision.image_size, cfg.face.face_size, cfg.face.max_faces)
     raise NotImplementedError(f"no meta-device footprint for {method!r}")
 
 def model_footprint(method: str,  # 'hammer' | 'asap' | 'm4blip'
@@ -63,10 +62,8 @@ def model_footprint(method: str,  # 'hammer' | 'asap' | 'm4blip'
                    ) -> Footprint:
     "Parameter counts and a memory estimate from a meta-device build and one meta training step."
     from forgrepro.task import Progress
-    build, make_batch = _meta_parts(method, task.cfg, micro_batch, seq_len)
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore")   # "initialised RANDOMLY": nothing is allocated here
-        model = build()
+    from forgrepro.experiment import bare_model
+    with torch.device("meta"): model = bare_model(method, task.cfg)   # nothing is allocated
     params = list(model.parameters())
     n, trainable = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
     state = sum(t.numel() * t.element_size() for t in [*params, *model.buffers()])
@@ -75,7 +72,7 @@ def model_footprint(method: str,  # 'hammer' | 'asap' | 'm4blip'
         if id(t) not in pids and (t._base is None or id(t._base) not in pids): saved[id(t)] = t
         return t
     try:
-        batch = make_batch().to("meta")
+        batch = _meta_batch(method, task.cfg, micro_batch, seq_len).to("meta")
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model.train()
             task.loss(model(batch), batch, Progress(epoch=1, step=1, steps_per_epoch=2, total_steps=2))
