@@ -302,15 +302,19 @@ def evaluate_weights(method: str,  # 'hammer' | 'asap' | 'm4blip' | 'forgerytalk
                     ) -> dict[str, float | None]:
     "Score a checkpoint with the official test settings; returns (and writes) its metrics."
     if method not in OFFICIAL_TEST_BATCH: raise KeyError(f"unknown method {method!r}; known: {sorted(OFFICIAL_TEST_BATCH)}")
-    w = inspect_weights(weights, cache_dir)
-    digest = sha256_file(w.given) if w.layout != "run" else sha256_file(_weights_file(w.run_dir))
     out = Path(out_dir)
+    try:
+        w = inspect_weights(weights, cache_dir)
+        digest = sha256_file(w.given) if w.layout != "run" else sha256_file(_weights_file(w.run_dir))
+    except BaseException:   # unreadable weights: the folder must not keep an older result as if it were this one
+        (out / "metrics.json").unlink(missing_ok=True); raise
     key = hashlib.sha1(json.dumps({"method": method, "weights": digest, "data": data_fingerprint(data_root), "split": split,
                                    "precision": precision, "scale": scale, "overrides": dict(overrides or {}),
                                    "batch": batch_size, "max_batches": max_batches, "code": code_fingerprint()},
                                   sort_keys=True).encode()).hexdigest()
     if reuse and (out / "metrics.json").is_file() and (out / "env.json").is_file() and load_json(out / "env.json").get("cache_key") == key:
         return load_json(out / "metrics.json")
+    (out / "metrics.json").unlink(missing_ok=True)   # from here on this folder holds this evaluation, finished or not
     env = {"cache_key": key, "weights": {"given": str(w.given), "layout": w.layout, "sha256": digest, "recognised": w.evidence,
                                          "converted_from": None if w.converted_from is None else str(w.converted_from),
                                          "file": None if w.file is None else str(w.file)}}
