@@ -469,9 +469,14 @@ _FT_LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     "vision.hidden_size": ("vision.width",), "vision.num_layers": ("vision.depth",), "vision.num_heads": ("vision.heads",),
     "qformer.dropout": ("qformer.hidden_dropout", "qformer.attention_dropout")}
 
+# Keys added later with official defaults: a run whose `model_config.json` lacks one was built with these values.
+_FT_ADDED_KEYS: dict[str, Any] = {"vision.ln_vision_eps": None, "mask_decoder.layer_norm_eps": 1e-6,
+                                  "llm.dense_act_fn": None, "tag_gate.dropout": 0.1, "tag_gate.padding_mean": False,
+                                  "fpn_eval_mode": True}
+
 def _current_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
-    "Flat ForgeryTalker config keys with the legacy names mapped onto the current ones."
-    return {new: v for k, v in flat.items() for new in _FT_LEGACY_KEYS.get(k, (k,))}
+    "Flat ForgeryTalker config keys with the legacy names mapped onto the current ones (and the later keys filled)."
+    return _FT_ADDED_KEYS | {new: v for k, v in flat.items() for new in _FT_LEGACY_KEYS.get(k, (k,))}
 
 def forgerytalker_config(run_dir: str | os.PathLike,  # a `forgerytalker_run` folder
                         ):

@@ -27,8 +27,12 @@ opencv-python-headless 4.10.0.84, huggingface-hub 0.0.12, safetensors 0.8.0, PyY
   offline (its Rust build fetches git dependencies). No tokenizer is used: token ids are fed directly.
 - opencv-python-headless < 4.11 (ASAP's `dataset/__init__.py` imports cv2; 4.11+ wants numpy 2).
 
-ForgeryTalker (`scripts/official_fixtures/forgerytalker.py`, `make_forgerytalker_fixtures(checkout, out)`) is
-maintained separately; its module docstring states the environment it needs.
+ForgeryTalker (`scripts/official_fixtures/forgerytalker.py`, `make_forgerytalker_fixtures(checkout, out, bert_vocab)`)
+needs a different environment (transformers 4.33.2, the LAVIS stack; its module docstring gives the recipe), so it
+runs as a separate invocation in that venv:
+
+    python scripts/make_official_fixtures.py --forgerytalker /path/Generating-Attribution-Reports \
+        --bert-vocab /path/bert-base-uncased/vocab.txt --out tests/golden/official/
 """
 from __future__ import annotations
 
@@ -45,9 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hammer", type=Path, help="checkout of rshaojimmy/MultiModal-DeepFake")
     ap.add_argument("--asap", type=Path, help="checkout of CriliasMiller/ASAP")
     ap.add_argument("--forgerytalker", type=Path, help="checkout of NattyLianJc/Generating-Attribution-Reports")
+    ap.add_argument("--bert-vocab", type=Path, default=None,
+                    help="ForgeryTalker: bert-base-uncased vocab.txt (or $FORGREPRO_BERT)")
     ap.add_argument("--out", type=Path, default=Path("tests/golden/official"))
     args = ap.parse_args(argv)
     if not (args.hammer or args.asap or args.forgerytalker): ap.error("name at least one official checkout")
+    if args.forgerytalker and (args.hammer or args.asap):
+        ap.error("HAMMER/ASAP (transformers 4.8.1) and ForgeryTalker (transformers 4.33.2) need different environments: "
+                 "run them as two invocations, each in its venv (see this script's docstring)")
     args.out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if args.hammer or args.asap:
@@ -62,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             print("ForgeryTalker: scripts/official_fixtures/forgerytalker.py is missing; no ForgeryTalker fixtures written",
                   file=sys.stderr)
             return 1
-        written += list(ft.make_forgerytalker_fixtures(args.forgerytalker, args.out) or [])
+        written += list(ft.make_forgerytalker_fixtures(args.forgerytalker, args.out, args.bert_vocab) or [])
     total = sum(p.stat().st_size for p in args.out.iterdir() if p.is_file())
     print(f"wrote {len(written)} files; {args.out} now holds {total / 1e6:.2f} MB")
     return 0

@@ -56,7 +56,7 @@ class LossWeights:
 @dataclass(frozen=True)
 class ForgeryTalkerConfig:
     "Everything that defines a ForgeryTalker run (model, ablation switches, losses, optimisation, local weights)."
-    vision: EvaViTConfig = EvaViTConfig()  # InstructBLIP's EVA ViT-g/14 (`create_eva_vit_g`)
+    vision: EvaViTConfig = EvaViTConfig(ln_vision_eps=1e-5)  # InstructBLIP's EVA ViT-g/14 (`create_eva_vit_g`) + `ln_vision`
     qformer: QFormerConfig = QFormerConfig()  # InstructBLIP's; encoder_width / vocab_size come from the vision tower and tokenizer
     llm: ExplainerConfig = ExplainerConfig()
     prompter: PrompterConfig = PrompterConfig()
@@ -68,6 +68,7 @@ class ForgeryTalkerConfig:
     objective: str = "finetune"        # 'finetune' (stage 2) | 'pretrain' (optional forgery-aware pre-training)
     freeze_vision: bool = True         # official: frozen EVA (fp32)
     freeze_llm: bool = True            # official: frozen Flan-T5
+    fpn_eval_mode: bool = True         # False = official: the frozen FPN follows model.train() (BatchNorm batch statistics)
     frozen_llm_dtype: str | None = "bfloat16"  # official casts the frozen T5 to bf16 (None = keep fp32)
     region_prompt_len: int = 21        # region-label tokens of the mask branch
     caption_max_words: int = 256       # `blip_pre_caption` word cap
@@ -106,10 +107,11 @@ def forgerytalker_tiny() -> ForgeryTalkerConfig:
         # No dropout (Q-Former, LLM): a few hundred steps from scratch underfit; dropout 0.1 slowed the LM loss by ~40%.
         llm=ExplainerConfig(kind="t5", d_model=128, d_ff=256, d_kv=32, num_layers=2, num_decoder_layers=2, num_heads=4,
                       feed_forward_proj="relu", dropout=0.0, vocab_size=None, max_output_len=128,
-                      tie_word_embeddings=True),
+                      tie_word_embeddings=True, dense_act_fn=None),
         prompter=fpn_tiny().prompter,
+        # LayerNorm eps 1e-6 (transformers' SAM default) in the two-way blocks, as the committed tiny runs were trained
         mask_decoder=MaskDecoderConfig(kind="sam", hidden_size=64, mlp_dim=128, num_layers=2, num_heads=4,
-                                       out_size=64, prompt_heads=4),
+                                       out_size=64, prompt_heads=4, layer_norm_eps=1e-6),
         tag_gate=TagGateConfig(enabled=True, hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128,
                                cross_attention_heads=4),
         # DEVIATION (tiny only): no repetition penalty. The synthetic explanations repeat function words and phrases
@@ -295,7 +297,7 @@ class ForgeryTalker(nn.Module):
         return ForgeryTalkerOutput(
             regions=rp.regions, lm_logits=lm_logits, lm_labels=lm_labels, fpn_logits=rp.logits,
             mask_logits=self.predict_mask(image_embeds, prompts.labels),
-            gate_probs=self.tag_gate(image_embeds) if self.tag_gate is not None else None,
+            gate_probs=self.tag_gate(image_embeds, rp.regions) if self.tag_gate is not None else None,
             explanations=texts, instructions=prompts.texts)
 
     def forward_pretrain(self, batch: MMTTBatch) -> ForgeryTalkerOutput:
@@ -383,14 +385,16 @@ def build_forgerytalker(cfg: ForgeryTalkerConfig,  # model config (a preset, pos
                                                   num_heads=cfg.mask_decoder.prompt_heads) if with_mask else None,
         mask_decoder=build_mask_decoder(mask_cfg, Cv),
         tag_gate=None if pretrain else build_tag_gate(cfg.tag_gate, Cv, qformer_tokenizer),
-        mlm_head=nn.Linear(cfg.qformer.hidden_size, len(qformer_tokenizer)) if pretrain else None,
+        # official `mlm_head = Linear(768, tokenizer.vocab_size)`: BERT's 30522 ids, without the added [DEC]
+        mlm_head=nn.Linear(cfg.qformer.hidden_size, qformer_tokenizer.vocab_size) if pretrain else None,
         text_proj=nn.Linear(llm.hidden_size, Cv) if pretrain else None,
         generation=cfg.generation, objective=cfg.objective, generate_in_eval=cfg.generate_in_eval,
         frozen=(["vision_model"] if cfg.freeze_vision else []) + (["llm"] if cfg.freeze_llm else [])
                + ["region_source"],
         # DEVIATION: the official frozen FPN follows model.train() (dropout on, BatchNorm statistics drifting under
-        # no_grad); we keep it in eval mode so stage-2 prompts are those the stage-1 evaluation measured.
-        keep_eval=(["vision_model"] if cfg.freeze_vision else []) + ["region_source"])
+        # no_grad); we keep it in eval mode so stage-2 prompts are those the stage-1 evaluation measured
+        # (`fpn_eval_mode=False` reproduces the official behaviour).
+        keep_eval=(["vision_model"] if cfg.freeze_vision else []) + (["region_source"] if cfg.fpn_eval_mode else []))
     if cfg.freeze_llm and cfg.frozen_llm_dtype: model.llm.to(getattr(torch, cfg.frozen_llm_dtype))
     if load_weights: load_forgerytalker_weights(model, cfg)
     return model

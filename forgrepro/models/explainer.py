@@ -33,6 +33,8 @@ class ExplainerConfig:
     vocab_size: int | None = 32128     # None = the tokenizer's size
     max_output_len: int = 60           # target tokens (official `max_output_txt_len` via from_config)
     tie_word_embeddings: bool = False  # Flan-T5: untied (its lm_head starts at std 1: fine pretrained, harsh from scratch)
+    dense_act_fn: str | None = "gelu"  # T5 feed-forward activation: LAVIS sets `t5_config.dense_act_fn = "gelu"` (exact
+                                       # GELU) over Flan-T5's 'gelu_new' (bt5i.py l.130); None = transformers' choice
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -138,11 +140,20 @@ def build_llm(cfg: ExplainerConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Mo
     vocab = max(len(tokenizer), cfg.vocab_size or 0)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if cfg.kind == "t5":
-        return T5Explainer(T5ForConditionalGeneration(T5Config(
+        t5cfg = T5Config(
             vocab_size=vocab, d_model=cfg.d_model, d_ff=cfg.d_ff, d_kv=cfg.d_kv, num_layers=cfg.num_layers,
             num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads, feed_forward_proj=cfg.feed_forward_proj,
             dropout_rate=cfg.dropout, tie_word_embeddings=cfg.tie_word_embeddings, decoder_start_token_id=pad, pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id)))
+            eos_token_id=tokenizer.eos_token_id)
+        if cfg.dense_act_fn is not None: t5cfg.dense_act_fn = cfg.dense_act_fn
+        model = T5ForConditionalGeneration(t5cfg)
+        if not cfg.tie_word_embeddings:
+            # transformers >= 5 forces `T5Config.tie_word_embeddings = True` (it keeps only the output scaling of the
+            # untied variant), so a T5 built from a config shares `lm_head` with the input embeddings; Flan-T5 (and
+            # InstructBLIP's / ForgeryTalker's checkpoints) has its own lm_head: give it its own tensor.
+            model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
+            getattr(model, "all_tied_weights_keys", {}).pop("lm_head.weight", None)
+        return T5Explainer(model)
     if cfg.kind == "llama":
         return DecoderOnlyExplainer(LlamaForCausalLM(LlamaConfig(
             vocab_size=vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff, num_hidden_layers=cfg.num_layers,

@@ -35,6 +35,8 @@ class MaskDecoderConfig:
     prompt_heads: int = 8             # heads of the prompt -> patch cross-attention (official MHA(1408, 8))
     pe_scale: float = 1.0             # std of SAM's random Fourier features (SAM `PositionEmbeddingRandom` default)
     attn_implementation: str = "sdpa"  # attention kernel of the SAM blocks ('sdpa' | 'eager')
+    layer_norm_eps: float = 1e-5      # LayerNorms of the two-way blocks: official / SAM `nn.LayerNorm` default (1e-5);
+                                      # transformers' `SamMaskDecoderConfig` default is 1e-6
 
 def sam_decoder_config(cfg: MaskDecoderConfig) -> SamMaskDecoderConfig:
     "transformers `SamMaskDecoderConfig` for `cfg`: one mask token (`num_multimask_outputs=0`, as the official decoder)."
@@ -45,7 +47,7 @@ def sam_decoder_config(cfg: MaskDecoderConfig) -> SamMaskDecoderConfig:
     sc = SamMaskDecoderConfig(hidden_size=cfg.hidden_size, mlp_dim=cfg.mlp_dim, num_hidden_layers=cfg.num_layers,
                               num_attention_heads=cfg.num_heads, attention_downsample_rate=cfg.attention_downsample_rate,
                               num_multimask_outputs=0, iou_head_depth=3, iou_head_hidden_dim=min(256, cfg.hidden_size),
-                              hidden_act="relu")
+                              hidden_act="relu", layer_norm_eps=cfg.layer_norm_eps)
     sc._attn_implementation = cfg.attn_implementation
     return sc
 

@@ -298,10 +298,11 @@ class TagGate(nn.Module):
                  tag_ids: Tensor,  # (21, L) BERT ids of `[CLS] name [SEP]`, padded
                  tag_mask: Tensor,  # (21, L) their attention mask
                  num_heads: int = 8,  # heads of the cross-attention
+                 padding_mean: bool = False,  # True: the official mean, over an image's padded name length (below)
                 ):
         super().__init__()
         h = tag_encoder.config.hidden_size
-        self.tag_encoder = tag_encoder
+        self.tag_encoder, self.padding_mean = tag_encoder, padding_mean
         self.trans_layer = nn.Linear(vision_dim, h)
         self.cross_attention = nn.MultiheadAttention(h, num_heads, batch_first=True)
         self.fc_layer = nn.Linear(h, 1)
@@ -309,6 +310,7 @@ class TagGate(nn.Module):
         self.register_buffer("tag_mask", tag_mask.long(), persistent=False)
 
     def forward(self, image_embeds: Tensor,  # (B, 1 + N, C) vision tokens
+                regions: Tensor | None = None,  # (B, R) bool regions in the instruction (needed with `padding_mean`)
                ) -> Tensor:
         "Gate probabilities `(B, R)`."
         tags = self.tag_encoder(input_ids=self.tag_ids, attention_mask=self.tag_mask).last_hidden_state  # (R, L, H)
@@ -318,7 +320,17 @@ class TagGate(nn.Module):
         q = tags.reshape(1, R * L, H).expand(B, -1, -1).to(kv.dtype)                                   # (B, R*L, H)
         out, _ = self.cross_attention(q, kv, kv, need_weights=False)                                   # (B, R*L, H)
         gate = torch.sigmoid(self.fc_layer(out)).view(B, R, L)                                         # per token
-        # DEVIATION: the official mean also covers the padding of `padding='longest'` over the image's FPN positives.
+        if self.padding_mean:
+            # official (`bt5i.py::_get_multimodal_context`): an image's regions are tokenised together with
+            # padding='longest' and each gate is the mean over all L_b positions, [PAD] included (L_b: that image's
+            # longest region name in tokens). A [PAD] position's BERT state does not depend on how far the padding goes.
+            if regions is None: raise ValueError("TagGate(padding_mean=True) needs the regions of the instruction")
+            lens = self.tag_mask.sum(-1)                                                              # (R,)
+            Lb = (regions.to(lens.device).long() * lens).amax(1).clamp(min=1)                        # (B,)
+            keep = (torch.arange(L, device=gate.device) < Lb[:, None, None]).to(gate.dtype)         # (B, 1, L)
+            return (gate * keep).sum(-1) / Lb[:, None].to(gate.dtype)                                 # (B, R)
+        # DEVIATION: the official mean also covers the padding of `padding='longest'` over the image's FPN positives
+        # (`padding_mean=True` reproduces it); we average each name over its own tokens.
         m = self.tag_mask.to(gate.dtype)
         return (gate * m).sum(-1) / m.sum(-1)                                                          # (B, R)
 
@@ -338,14 +350,17 @@ class TagGateConfig:
     num_heads: int = 12
     intermediate_size: int = 3072
     cross_attention_heads: int = 8     # official `gate_cross_attention_layer = MHA(768, 8)`
+    dropout: float = 0.1               # hidden / attention dropout of the BERT (bert-base-uncased: 0.1)
+    padding_mean: bool = False         # True = the official gate mean over padded name tokens (`TagGate`)
 
 def build_tag_gate(cfg: TagGateConfig, vision_dim: int, tokenizer: PreTrainedTokenizerBase) -> TagGate | None:
     "The tag-gating branch (None when disabled)."
     if not cfg.enabled: return None
     bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                                num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size),
+                                num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+                                hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout),
                      add_pooling_layer=False)
     ids, mask = tag_token_table(tokenizer)
     return TagGate(tag_encoder=bert, vision_dim=vision_dim, tag_ids=ids, tag_mask=mask,
-                   num_heads=cfg.cross_attention_heads)
+                   num_heads=cfg.cross_attention_heads, padding_mean=cfg.padding_mean)
 

@@ -148,6 +148,8 @@ class EvaViTConfig:
     attn_implementation: str = "sdpa"
     stem: str = "patch"      # 'patch': BLIP-2's patchify conv | 'conv': `ConvStem` (tiny recipe only, see above)
     initializer_range: float = 1e-10   # transformers' EVA default (weights are loaded); use 0.02 from scratch
+    ln_vision_eps: float | None = None  # eps of the final LayerNorm; None = transformers' 1e-6. LAVIS `ln_vision` is a
+                                        # plain `LayerNorm(1408)` (eps 1e-5): ForgeryTalker's preset sets that
 
     @property
     def num_patches(self) -> int: return (self.image_size // self.patch_size) ** 2
@@ -166,6 +168,7 @@ class Blip2VisionEncoder(nn.Module):
         hf._attn_implementation = cfg.attn_implementation
         self.cfg, self.model = cfg, Blip2VisionModel(hf)
         if cfg.stem != "patch": self.model.embeddings.patch_embedding = make_stem(cfg.stem, cfg.width, cfg.patch_size)
+        if cfg.ln_vision_eps is not None: self.model.post_layernorm.eps = cfg.ln_vision_eps
 
     @property
     def width(self) -> int: return self.cfg.width
@@ -196,6 +199,7 @@ def build_instructblip_vision(cfg: EvaViTConfig = EvaViTConfig()) -> nn.Module:
         num_attention_heads=cfg.heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
         initializer_range=cfg.initializer_range, attn_implementation=cfg.attn_implementation))
     if cfg.stem != "patch": model.embeddings.patch_embedding = make_stem(cfg.stem, cfg.width, cfg.patch_size)
+    if cfg.ln_vision_eps is not None: model.post_layernorm.eps = cfg.ln_vision_eps   # LAVIS `ln_vision`
     return model
 
 # %% ../../nbs/20_models.vision.ipynb #f0cb3ada
