@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-workers", type=int, default=0)
     e.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     e.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (smoke runs)")
+    f = e.add_argument_group("official-layout ForgeryTalker (DFF-InstructBLIP-Detection) files")
+    f.add_argument("--fpn-weights", default=None, help="Face-ViT-MultiLabel region classifier (.bin/.safetensors)")
+    f.add_argument("--base", action="append", default=[], metavar="NAME=PATH",
+                   help="frozen parts LAVIS leaves out of its checkpoints: eva_vit=, flan_t5=, bert=, instructblip=")
+    f.add_argument("--llm-tokenizer", default=None, help="the Flan-T5 tokenizer folder")
+    f.add_argument("--qformer-tokenizer", default=None, help="default: the offline bert-base-uncased")
+    f.add_argument("--config", default=None, help="model config file (flat dotted keys, like a run's model_config.json; default: paper size)")
     a = sub.add_parser("aux-texts", help="ASAP's auxiliary captions and explanations for a DGM4 split from local models",
                        description="Caption every image with a local image-to-text model and explain every news text with a "
                                    "local instruct LLM, with ASAP's prompts (LargeModelScripts/vlm_script.py, "
@@ -119,11 +126,11 @@ def _fail(command: str, err: BaseException) -> int:
     print(f"forgrepro {command}: {error_summary(err)}", file=sys.stderr)
     return 1
 
-def _parse_weights(items: Sequence[str]) -> dict[str, str]:
+def _parse_weights(items: Sequence[str], flag: str = "--weights") -> dict[str, str]:
     out = {}
     for it in items:
         name, sep, path = it.partition("=")
-        if not sep or not name or not path: raise ValueError(f"--weights {it!r}: expected ROW=PATH (e.g. hammer=checkpoint_best.pth)")
+        if not sep or not name or not path: raise ValueError(f"{flag} {it!r}: expected NAME=PATH (e.g. hammer=checkpoint_best.pth)")
         out[name] = path
     return out
 
@@ -136,9 +143,12 @@ def _evaluate(args) -> int:
     if not root: print(f"forgrepro evaluate: give --data (DGM4 root){' or --mmtt' if args.method == 'forgerytalker' else ''}", file=sys.stderr); return 2
     out = Path(args.out) if args.out else Path("runs") / data_key(root) / "evaluate" / args.method / Path(args.weights).stem
     try:
+        from forgrepro.released import ForgeryTalkerFiles
+        ft = ForgeryTalkerFiles(args.fpn_weights, _parse_weights(args.base, "--base") or None, args.llm_tokenizer,
+                                args.qformer_tokenizer, args.config)
         m = evaluate_weights(args.method, args.weights, root, out, split=args.split, precision=args.precision, scale=args.scale,
                              overrides=json.loads(args.overrides), batch_size=args.batch_size, num_workers=args.num_workers,
-                             device=args.device, max_batches=args.max_batches)
+                             device=args.device, max_batches=args.max_batches, forgerytalker=ft)
     except Exception as e: return _fail("evaluate", e)
     head = [k for k in ("AUC", "EER", "ACC", "mAP", "CF1", "OF1", "IoUmean", "IoU50", "IoU75", "Precision", "Recall", "F1",
                         "CIDEr", "BLEU-4", "ROUGE-L", "IoU") if m.get(k) is not None]

@@ -478,12 +478,12 @@ def _current_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
     "Flat ForgeryTalker config keys with the legacy names mapped onto the current ones (and the later keys filled)."
     return _FT_ADDED_KEYS | {new: v for k, v in flat.items() for new in _FT_LEGACY_KEYS.get(k, (k,))}
 
-def forgerytalker_config(run_dir: str | os.PathLike,  # a `forgerytalker_run` folder
+def forgerytalker_config(run_dir: str | os.PathLike,  # a `forgerytalker_run` folder, or a model_config.json-style file
                         ):
     "The `ForgeryTalkerConfig` a run was trained with (its `model_config.json`), set to take every tensor from `stage2/`."
     from forgrepro.methods.forgerytalker import ForgeryTalkerConfig
-    f = Path(run_dir) / "model_config.json"
-    if not f.is_file(): raise FileNotFoundError(f"{f}: not a ForgeryTalker run folder (written by forgerytalker_run)")
+    f = Path(run_dir) if Path(run_dir).suffix == ".json" else Path(run_dir) / "model_config.json"
+    if not f.is_file(): raise FileNotFoundError(f"{f}: not a ForgeryTalker run folder (written by forgerytalker_run) or config file")
     cfg = override(ForgeryTalkerConfig(), _current_keys(json.loads(f.read_text())))
     return replace(cfg, pretrained=False, fpn_weights=None)  # every tensor comes from the stage-2 checkpoint
 

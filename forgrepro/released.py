@@ -23,14 +23,14 @@ from torch import nn
 from .checkpoint import CheckpointError, convert_torch_checkpoint_to_safetensors, load_weights
 from .core import config_to_dict, env_record, load_json, override, save_json
 from .experiment import (ExperimentSpec, bare_model, build_task, data_fingerprint, forgerytalker_config,
-                                  forgerytalker_test, load_forgerytalker, load_trained, method_spec)
+                                  load_forgerytalker, load_trained, method_spec)
 from .methods.dgm4 import DGM4Evaluator
 from .repro import code_fingerprint, default_cache_dir
 
 # %% auto #0
 __all__ = ['OFFICIAL_TEST_BATCH', 'PRECISIONS', 'WEIGHT_SUFFIXES', 'Weights', 'sha256_file', 'convert_once', 'recognise',
-           'inspect_weights', 'load_model', 'RecordingDGM4Evaluator', 'evaluate_dgm4',
-           'official_forgerytalker_evaluator', 'evaluate_forgerytalker', 'evaluate_weights']
+           'inspect_weights', 'load_model', 'RecordingDGM4Evaluator', 'evaluate_dgm4', 'ForgeryTalkerFiles',
+           'evaluate_forgerytalker', 'evaluate_weights']
 
 # %% ../nbs/54_released.ipynb #3a916e3c
 OFFICIAL_TEST_BATCH: dict[str, int] = {"hammer": 256, "asap": 128, "m4blip": 64, "forgerytalker": 16}
@@ -239,48 +239,38 @@ def evaluate_dgm4(method: str, task, model: nn.Module,
     return metrics
 
 # %% ../nbs/54_released.ipynb #89d1c9b6
-def official_forgerytalker_evaluator() -> Callable | None:
-    "The evaluator of official-layout ForgeryTalker checkpoints (official generation settings), or None before it lands."
-    # HOOK: the official-layout ForgeryTalker loader (key map of the released InstructBLIP/Flan-T5 + Face-ViT weights)
-    # and its evaluation with the official generation settings are written on their own branch; `evaluate_weights`
-    # calls this function with (weights Path, data_root, out_dir, split=, precision=, batch_size=, device=, max_batches=)
-    # and expects the metrics dict back, the files written as `forgerytalker_test` writes them.
-    try: from forgrepro.methods.forgerytalker_official import evaluate_official_checkpoint
-    except ImportError: return None
-    return evaluate_official_checkpoint
+@dataclass(frozen=True)
+class ForgeryTalkerFiles:
+    "What an official-layout ForgeryTalker evaluation needs besides the checkpoint (all local paths)."
+    fpn_weights: str | None = None            # Face-ViT-MultiLabel region classifier (None: inside the checkpoint)
+    base: Mapping[str, str] | None = None     # eva_vit / flan_t5 / bert / instructblip files LAVIS checkpoints leave out
+    llm_tokenizer: str | None = None          # the Flan-T5 tokenizer folder
+    qformer_tokenizer: str | None = None      # default: the offline bert-base-uncased
+    config: str | None = None                 # a model_config.json-style file (flat dotted keys); default: the paper size
 
 def evaluate_forgerytalker(w: Weights, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
                            split: str = "test", precision: str = "fp32", batch_size: int | None = None,
-                           device: str | None = None, max_batches: int | None = None, extra_env: Mapping | None = None,
+                           device: str | None = None, max_batches: int | None = None,
+                           files: ForgeryTalkerFiles = ForgeryTalkerFiles(), cache_dir: str | os.PathLike | None = None,
+                           caption_metrics: Callable | None = None,  # default: the official pycocoevalcap scorer
                           ) -> dict[str, float | None]:
-    "Score ForgeryTalker weights (a run folder, or official-layout weights through the hook) on an MMTT split."
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    "Score ForgeryTalker weights (a forgrepro run folder, or official-layout files) on an MMTT split, official protocol."
+    from forgrepro.methods.forgerytalker_official import (evaluate_forgerytalker_checkpoint, evaluate_forgerytalker_model,
+                                                          official_forgerytalker_config)
     bs = batch_size or OFFICIAL_TEST_BATCH["forgerytalker"]
-    if w.layout == "official-lavis" or (w.layout == "official" and w.method == "forgerytalker"):
-        fn = official_forgerytalker_evaluator()
-        if fn is None:
-            raise NotImplementedError(f"{w.file}: official-layout ForgeryTalker weights ({w.evidence}) are not readable in "
-                                      "this version (the official-layout loader is not installed); give a forgrepro "
-                                      "ForgeryTalker run folder")
-        return fn(w.file, data_root, out_dir, split=split, precision=precision, batch_size=bs, device=device,
-                  max_batches=max_batches)
-    if w.layout != "run":
-        raise CheckpointError(f"{w.file}: ForgeryTalker weights load from a forgrepro run folder (model_config.json + "
-                              f"stage2/) or official-layout files; this file has {w.evidence}")
-    cfg = forgerytalker_config(w.run_dir)
-    model, ltok, qtok = load_forgerytalker(w.run_dir)
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").unlink(missing_ok=True)
-    tmp = out / f".evaluate-{uuid.uuid4().hex[:8]}"
-    try:
-        metrics = forgerytalker_test(model.to(device), cfg, ltok, qtok, data_root, tmp, split=split, batch_size=bs,
-                                     mixed_precision=PRECISIONS[precision], max_batches=max_batches,
-                                     extra_env={"command": "forgrepro evaluate", "method": "forgerytalker",
-                                                "precision": precision, "batch_size": bs, "split": split,
-                                                "data_root": str(Path(data_root).resolve()), **dict(extra_env or {})})
-        _publish(tmp, out)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
-    return metrics
+    kw = dict(precision=precision, batch_size=bs, device=device, limit=None if max_batches is None else max_batches * bs,
+              caption_metrics=caption_metrics)
+    if w.layout == "run":
+        model, _, _ = load_forgerytalker(w.run_dir)
+        return evaluate_forgerytalker_model(model, data_root, split, out_dir, generation=model.generation, **kw)
+    if w.layout != "official-lavis":
+        raise CheckpointError(f"{w.file}: ForgeryTalker weights load from a forgrepro run folder or official-layout (LAVIS) "
+                              f"files; this file has {w.evidence}")
+    cfg = official_forgerytalker_config(forgerytalker_config(files.config)) if files.config else None
+    return evaluate_forgerytalker_checkpoint(w.file, files.fpn_weights, data_root, split, out_dir, base=files.base, cfg=cfg,
+                                             llm_tokenizer=files.llm_tokenizer, qformer_tokenizer=files.qformer_tokenizer,
+                                             cache_dir=cache_dir, **kw)
+
 
 # %% ../nbs/54_released.ipynb #003efc1a
 def evaluate_weights(method: str,  # 'hammer' | 'asap' | 'm4blip' | 'forgerytalker'
@@ -298,6 +288,8 @@ def evaluate_weights(method: str,  # 'hammer' | 'asap' | 'm4blip' | 'forgerytalk
                      max_batches: int | None = None,
                      reuse: bool = False,  # return a finished evaluation of the same inputs instead of recomputing
                      cache_dir: str | os.PathLike | None = None,
+                     forgerytalker: ForgeryTalkerFiles = ForgeryTalkerFiles(),  # official-layout ForgeryTalker: the other files
+                     caption_metrics: Callable | None = None,  # ForgeryTalker caption scorer (default: official pycocoevalcap)
                      log: Callable[[str], None] = print,
                     ) -> dict[str, float | None]:
     "Score a checkpoint with the official test settings; returns (and writes) its metrics."
@@ -310,7 +302,8 @@ def evaluate_weights(method: str,  # 'hammer' | 'asap' | 'm4blip' | 'forgerytalk
         (out / "metrics.json").unlink(missing_ok=True); raise
     key = hashlib.sha1(json.dumps({"method": method, "weights": digest, "data": data_fingerprint(data_root), "split": split,
                                    "precision": precision, "scale": scale, "overrides": dict(overrides or {}),
-                                   "batch": batch_size, "max_batches": max_batches, "code": code_fingerprint()},
+                                   "batch": batch_size, "max_batches": max_batches, "code": code_fingerprint(),
+                                   "forgerytalker": {k: str(v) for k, v in vars(forgerytalker).items()}},
                                   sort_keys=True).encode()).hexdigest()
     if reuse and (out / "metrics.json").is_file() and (out / "env.json").is_file() and load_json(out / "env.json").get("cache_key") == key:
         return load_json(out / "metrics.json")
@@ -320,8 +313,10 @@ def evaluate_weights(method: str,  # 'hammer' | 'asap' | 'm4blip' | 'forgerytalk
                                          "file": None if w.file is None else str(w.file)}}
     log(f"[forgrepro.evaluate] {method}: {w.given} ({w.evidence}) on {split} of {data_root}, {precision}")
     if method == "forgerytalker":
-        return evaluate_forgerytalker(w, data_root, out, split=split, precision=precision, batch_size=batch_size,
-                                      device=device, max_batches=max_batches, extra_env=env)
+        m = evaluate_forgerytalker(w, data_root, out, split=split, precision=precision, batch_size=batch_size, device=device,
+                                   max_batches=max_batches, files=forgerytalker, cache_dir=cache_dir, caption_metrics=caption_metrics)
+        save_json({**load_json(out / "env.json"), **env}, out / "env.json")   # metrics.json is already final
+        return m
     task, model, desc = load_model(method, w, scale=scale, overrides=overrides)
     return evaluate_dgm4(method, task, model, data_root, out, split=split, precision=precision, batch_size=batch_size,
                          num_workers=num_workers, device=device, max_batches=max_batches, extra_env={**env, "model": desc})
