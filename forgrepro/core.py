@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ import torch
 
 # %% auto #0
 __all__ = ['seed_everything', 'default_device', 'DataError', 'Issue', 'IssueReport', 'handle_error', 'error_summary', 'override',
-           'config_to_dict', 'save_json', 'load_json', 'git_sha', 'env_record', 'local_weights']
+           'config_to_dict', 'save_json', 'load_json', 'sha256_file', 'git_sha', 'env_record', 'local_weights']
 
 # %% ../nbs/00_core.ipynb #25a3049b
 def seed_everything(seed: int,  # seed for python, numpy and torch (all devices)
@@ -186,6 +187,13 @@ def _json_default(o):
     if is_dataclass(o): return config_to_dict(o)
     if isinstance(o, (set, frozenset)): return sorted(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+    "SHA-256 of a file's bytes (read in chunks: model weights can be tens of GB)."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk): h.update(b)
+    return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #f8cd2020
 def git_sha(path: str | os.PathLike = ".") -> str | None:

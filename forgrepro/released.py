@@ -21,16 +21,16 @@ from safetensors import safe_open
 from torch import nn
 
 from .checkpoint import CheckpointError, convert_torch_checkpoint_to_safetensors, load_weights
-from .core import config_to_dict, env_record, load_json, override, save_json
+from .core import config_to_dict, env_record, load_json, override, save_json, sha256_file
 from .experiment import (ExperimentSpec, bare_model, build_task, data_fingerprint, forgerytalker_config,
                                   load_forgerytalker, load_trained, method_spec)
 from .methods.dgm4 import DGM4Evaluator
 from .repro import code_fingerprint, default_cache_dir
 
 # %% auto #0
-__all__ = ['OFFICIAL_TEST_BATCH', 'PRECISIONS', 'WEIGHT_SUFFIXES', 'Weights', 'sha256_file', 'convert_once', 'recognise',
-           'inspect_weights', 'load_model', 'RecordingDGM4Evaluator', 'evaluate_dgm4', 'ForgeryTalkerFiles',
-           'evaluate_forgerytalker', 'evaluate_weights']
+__all__ = ['OFFICIAL_TEST_BATCH', 'PRECISIONS', 'WEIGHT_SUFFIXES', 'Weights', 'convert_once', 'recognise', 'inspect_weights',
+           'load_model', 'RecordingDGM4Evaluator', 'evaluate_dgm4', 'ForgeryTalkerFiles', 'evaluate_forgerytalker',
+           'evaluate_weights']
 
 # %% ../nbs/54_released.ipynb #3a916e3c
 OFFICIAL_TEST_BATCH: dict[str, int] = {"hammer": 256, "asap": 128, "m4blip": 64, "forgerytalker": 16}
@@ -49,13 +49,6 @@ class Weights:
     method: str | None = None        # the method the file or folder says it holds
     evidence: str = ""               # why `method` was recognised
     config: Mapping | None = None    # forgrepro config recorded in the file's metadata
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
-    "SHA-256 of a file's bytes."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk): h.update(b)
-    return h.hexdigest()
 
 def convert_once(src: str | os.PathLike,  # a .pth / .pt / .bin torch checkpoint
                  cache_dir: str | os.PathLike | None = None,  # default `$FORGREPRO_CACHE`
