@@ -124,6 +124,10 @@ def batch_plan(cfg: TrainConfig,  # `batch_size` is the wanted micro-batch, `glo
     if processes < 1: raise ValueError(f"processes must be >= 1, got {processes}")
     if micro_batch is not None and micro_batch < 1: raise ValueError(f"micro-batch must be >= 1, got {micro_batch}")
     if cfg.global_batch is None: return BatchPlan(processes, micro_batch or cfg.batch_size, cfg.grad_accum)
+    # DEVIATION: the official runs split the global batch over 8 GPUs (DDP); on fewer processes gradient accumulation
+    # makes up the rest: the same samples, lr and schedule per optimiser step. In-batch contrastive negatives are those
+    # of one micro-batch (= the official per-GPU batch when the micro-batch is the published one) and the feature
+    # queues receive the same samples per step, micro-batch by micro-batch instead of all-gathered at once.
     g = cfg.global_batch
     if g % processes:
         ok = [p for p in range(1, g + 1) if g % p == 0 and p <= 64]

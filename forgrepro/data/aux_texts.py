@@ -43,6 +43,8 @@ class AuxUnits:
 
 def aux_units(records: Sequence[DGM4Record]) -> AuxUnits:
     "The captions and explanations a list of DGM4 records needs."
+    # DEVIATION: one explanation per distinct news text and one caption per distinct image (llm_script.py runs once per
+    # record); the prompt holds only the text (the image only), so greedy decoding gives the same result.
     return AuxUnits(list(dict.fromkeys(r.image for r in records)), list(dict.fromkeys(r.text for r in records)),
                     [(r.image, r.text) for r in records])
 
@@ -63,6 +65,8 @@ def aux_outputs(units: AuxUnits, captions: Sequence[str], explanations: Sequence
     ours = {**last, **{AuxTexts.key(image, text): by_text[text] for image, text in units.records}}
     out = {f"caption_{split}.json": cap, f"explanation_{split}.json": ours,
            f"asap/caption_{split}.json": cap, f"asap/Prompt_Generate/prompt_{split}.json": last}
+    # DEVIATION: ASAP's dataset/prompt_engine.json is a random half of a second LLM's explanations (make_new_data.py,
+    # from ../GLM_QQWEN/glm_prompt.json, never released); written empty, so ASAP reads the --llm ones for every image.
     if split == "train": out["asap/dataset/prompt_engine.json"] = {}
     return out
 
@@ -173,6 +177,8 @@ class Captioner:
     def __call__(self, images: list) -> list[str]:
         inp = self.inputs(images).to(self.device)
         if "pixel_values" in inp: inp["pixel_values"] = inp["pixel_values"].to(self.model.dtype)
+        # DEVIATION: VisCPM's chat (vlm_script.py) is replaced by any transformers image-text-to-text model, greedy, with
+        # `max_new_tokens` (VisCPM's own defaults are not in the script); ASAP pre_captions the result to 50 words anyway.
         out = self.model.generate(**inp, do_sample=False, num_beams=1, max_new_tokens=self.max_new_tokens)
         ids = inp.get("input_ids")
         if ids is not None and out.shape[1] > ids.shape[1] and torch.equal(out[:, :ids.shape[1]], ids): out = out[:, ids.shape[1]:]
@@ -204,6 +210,8 @@ class Explainer:
         L = max(len(p) for p in prompts)
         ids = torch.tensor([[self.pad] * (L - len(p)) + p for p in prompts], device=self.device)     # left padding
         mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        # DEVIATION: do_sample=False for llm_script.py's do_sample=True, top_k=1: top-1 sampling always draws the argmax
+        # (ties aside), and greedy decoding is deterministic, so a resumed run writes the same bytes.
         out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=1,
                                   max_new_tokens=max(budget), pad_token_id=self.pad)[:, L:]
         return [self.tok.decode(o[:b], skip_special_tokens=True).strip() for o, b in zip(out.tolist(), budget)]
