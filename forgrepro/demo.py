@@ -646,6 +646,7 @@ def build_demo(predictors: Mapping[str, Any],  # display name -> DGM4Predictor /
                     if truth is not None and truth.dataset == "dgm4":
                         tmd = (f"**Truth:** {'FAKE' if truth.is_fake else 'REAL'} ({html.escape(truth.fake_cls)}); fake words: "
                                f"{_fmt_words(truth.words, truth.fake_words)}  \n**Caption:** {html.escape(e.caption)}")
+                    gr.Markdown(f"### {html.escape(e.title)}  \n*{html.escape(e.record)}*  \n{tmd}")
                     with gr.Row(equal_height=True):
                         gr.Image(draw_overlay(Image.open(e.image), [], truth=truth), label=f"{e.title}: ground truth",
                                  type="pil", interactive=False, height=220, elem_id=f"gallery-truth-{i}")
@@ -654,8 +655,8 @@ def build_demo(predictors: Mapping[str, Any],  # display name -> DGM4Predictor /
                         gr.Image(draw_overlay(Image.open(e.image), dg, ftp), label="predictions (boxes; ForgeryTalker masks in red)",
                                  type="pil", interactive=False, height=220, elem_id=f"gallery-pred-{i}")
                         with gr.Column(scale=2):
-                            gr.Markdown(f"### {html.escape(e.title)}  \n*{html.escape(e.record)}*  \n{tmd}\n\n{a.table}\n\n"
-                                        f"{a.agreement}\n\n{a.forgerytalker}")
+                            gr.Markdown(f"{a.agreement}\n\n{a.forgerytalker}")
+                    if a.table: gr.Markdown(a.table)
     return demo
 
 # %% ../nbs/61_demo.ipynb #ff44c2d5
@@ -676,6 +677,12 @@ def _headline(run: Path) -> dict[str, float]:
     except (OSError, json.JSONDecodeError): return {}
     return {k: v for k, v in m.items() if "/" not in k and isinstance(v, (int, float))}
 
+def _shown(p: Path | None) -> str:
+    "A path as the user typed it: relative to the working folder when inside it."
+    if p is None: return ""
+    try: return Path(p).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError: return str(p)
+
 def load_predictors(checkpoints: str | os.PathLike | None = None,  # folder searched for run folders; None: the reproduction's
                     *,
                     runs_root: str | os.PathLike = "runs",  # where `forgrepro reproduce` writes its runs
@@ -695,7 +702,7 @@ def load_predictors(checkpoints: str | os.PathLike | None = None,  # folder sear
         source, notice = "checkpoints", f"Models: the newest finished main-row runs under `{checkpoints}`."
     else:
         runs, where = reproduction_runs(runs_root)
-        source, notice = "reproduction", f"Models: the reproduction's runs in `{where}` (trained by `forgrepro reproduce`)."
+        source, notice = "reproduction", f"Models: the reproduction's runs in `{_shown(where)}` (trained by `forgrepro reproduce`)."
         missing = [m for m in DEMO_METHODS if m not in runs]
         if runs and missing:
             notice += f" Not trained yet: {', '.join(method_spec(m).title for m in missing)} (`{TRAIN_COMMAND}`)."

@@ -105,7 +105,7 @@ def test_serves_the_reproduction_runs(models, runs_root):
     assert m.source == "reproduction" and list(m.predictors) == METHODS, (m.source, list(m.predictors))
     assert not [w for w in caught if "RANDOMLY" in w], caught            # issue 15: M4-BLIP said so before its weights loaded
     assert {k: v.name for k, v in m.runs.items()} == {k: k for k in ("hammer", "asap", "m4blip", "forgerytalker")}
-    assert str(runs_root) in m.notice and m.synthetic
+    assert "synthetic/tiny" in m.notice and m.synthetic
     dgm4 = [e.truth.fake_cls for e in m.examples if e.truth.dataset == "dgm4"]
     assert dgm4[:5] == ["orig", "face_swap", "face_attribute", "text_swap", "text_attribute"] and "&" in dgm4[5]
     assert any(e.truth.dataset == "mmtt" and e.truth.mask is not None for e in m.examples)
