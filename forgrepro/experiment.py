@@ -313,11 +313,12 @@ def load_trained(run_dir: str | os.PathLike,  # a folder written by `run_experim
     if "model_overrides" not in rec:   # run folders written before 2026-11-23: today's recipe, which may differ
         warnings.warn(f"{f}: no recorded model_overrides; rebuilding with the current {spec.scale} recipe")
     task = build_task(spec, rec.get("model_overrides"))   # the recipe the row was trained with
-    model = task.build_model()
-    for name in ("best", "last"):
-        if (run_dir / "train" / name).is_dir():
-            load_weights(run_dir / "train" / name, model); break
-    else: raise FileNotFoundError(f"{run_dir}/train has neither best/ nor last/ weights")
+    weights = next((run_dir / "train" / n for n in ("best", "last") if (run_dir / "train" / n).is_dir()), None)
+    if weights is None: raise FileNotFoundError(f"{run_dir}/train has neither best/ nor last/ weights")
+    with warnings.catch_warnings():   # every tensor comes from the run's checkpoint, loaded right below
+        warnings.filterwarnings("ignore", message=".*RANDOMLY.*")
+        model = task.build_model()
+    load_weights(weights, model)
     return spec, task, model.to(device).eval()
 
 # %% ../nbs/51_experiment.ipynb #882cf8ef
