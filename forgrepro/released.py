@@ -154,6 +154,8 @@ def load_model(method: str,  # 'hammer' | 'asap' | 'm4blip'
     if w.layout not in ("official", "forgrepro"): raise CheckpointError(f"{w.file}: {w.evidence}")
     task = _config(method, w, scale, overrides)
     model = bare_model(method, task.cfg)
+    # DEVIATION: the official test.py loads with strict=False (a checkpoint of another size or method half-loads
+    # silently); here every tensor must be used, none missing, shapes equal.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")   # a skipped or unused tensor is an error here, not a warning
