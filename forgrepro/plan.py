@@ -63,7 +63,10 @@ def model_footprint(method: str,  # 'hammer' | 'asap' | 'm4blip'
     "Parameter counts and a memory estimate from a meta-device build and one meta training step."
     from forgrepro.task import Progress
     from forgrepro.experiment import bare_model
-    with torch.device("meta"): model = bare_model(method, task.cfg)   # nothing is allocated
+    with torch.device("meta"), warnings.catch_warnings():   # nothing is allocated
+        # a meta build never has LLM weights, so M4-BLIP's "bundled WordPiece stands in" notice says nothing here
+        warnings.filterwarnings("ignore", message="LLM tokenizer: the bundled WordPiece", category=UserWarning)
+        model = bare_model(method, task.cfg)
     params = list(model.parameters())
     n, trainable = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
     state = sum(t.numel() * t.element_size() for t in [*params, *model.buffers()])
