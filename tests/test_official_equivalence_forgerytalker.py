@@ -44,6 +44,7 @@ def maxdiff(a, b) -> float:
 def close(name, ours, official, tol=TOL):
     assert ours.shape == official.shape, f"{name}: shape {tuple(ours.shape)} vs official {tuple(official.shape)}"
     d = maxdiff(ours, official)
+    print(f"ForgeryTalker {name}: max |forgrepro - official| {d:.1e}")   # `pytest -s` lists every comparison
     assert d <= tol, f"{name}: max |forgrepro - official| = {d:.3g} > {tol}"
 
 
