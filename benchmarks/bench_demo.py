@@ -42,7 +42,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     a = ap.parse_args()
     from forgrepro.data.dgm4 import read_dgm4, resolve_dgm4_image
-    from forgrepro.demo import analyse, load_predictors, run_data_root
+    from forgrepro.demo import analyse, load_predictors
+    from forgrepro.views import run_data_root
     from forgrepro.predict import DGM4Predictor, ForgeryTalkerPredictor
     print(f"before: {_load()}")
     m = load_predictors(a.checkpoints, runs_root=a.runs, quick=False, log=lambda s: None)

@@ -114,6 +114,6 @@ def test_numbering_check_catches_an_upward_import(monkeypatch):
     real = _imports
     fake = {"forgrepro.core": {"forgrepro.cli"}}
     monkeypatch.setitem(globals(), "_imports", lambda m: fake.get(m, real(m)))
-    with pytest.raises(AssertionError, match=r"00_core.ipynb imports forgrepro.cli \(62_cli.ipynb\)"):
+    with pytest.raises(AssertionError, match=r"00_core.ipynb imports forgrepro.cli \(63_cli.ipynb\)"):
         test_notebooks_are_numbered_in_import_order()
     assert "forgrepro.core" in real("forgrepro.train") and "forgrepro.methods.forgerytalker" in real("forgrepro.experiment")
