@@ -180,13 +180,13 @@ def test_rgba_is_composited_on_white(tmp_path):
 def test_16bit_png_is_rescaled_not_clipped(tmp_path):
     vals = np.array([[0, 257, 1000, 32896, 65535]], np.uint16)
     Image.fromarray(vals).save(tmp_path / "g16.png")
-    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    with Image.open(tmp_path / "g16.png") as im: assert im.mode.startswith("I")
     rep = IssueReport()
     li = load_image(tmp_path / "g16.png", report=rep)
     assert np.asarray(li.image)[0, :, 0].tolist() == [0, 1, 4, 128, 255]
     assert rep.counts() == {"repaired:16bit": 1, "repaired:grayscale": 1}
     # PIL's own convert clips instead (what the official loader would have done)
-    assert np.asarray(Image.open(tmp_path / "g16.png").convert("L"))[0].tolist() == [0, 255, 255, 255, 255]
+    with Image.open(tmp_path / "g16.png") as im: assert np.asarray(im.convert("L"))[0].tolist() == [0, 255, 255, 255, 255]
 
 
 def test_32bit_and_float_images(tmp_path):

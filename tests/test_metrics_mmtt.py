@@ -15,7 +15,7 @@ from PIL import Image
 from sklearn.metrics import precision_recall_fscore_support
 
 from forgrepro.data.mmtt import FACIAL_SYNONYMS as _REGION_SYNONYMS, REGIONS as _REGIONS
-from forgrepro.metrics.mmtt import (SPICE_NOTE, _caption_to_multilabel,
+from forgrepro.metrics.mmtt import (SPICE_NOTE, stop_meteor, _caption_to_multilabel,
                                     binarize_gt_mask, caption_metrics, load_gt_mask, mask_metrics,
                                     official_mask_metrics, plm, region_f1, resize_mask_nearest,
                                     summarize_mask_metrics, training_mask_metrics)
@@ -53,6 +53,7 @@ def _official_text_metrics(gts_text, res_text, meteor=True):
     out = {}
     for scorer, method in scorers:
         score, _ = scorer.compute_score(gts, res)
+        if method == "METEOR": stop_meteor(scorer)
         if isinstance(method, list):
             out.update({m: float(s) for s, m in zip(score, method)})
         else:

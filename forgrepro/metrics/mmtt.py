@@ -17,8 +17,9 @@ from torch import Tensor
 from ..data.mmtt import REGIONS, caption_to_multilabel
 
 # %% auto #0
-__all__ = ['SPICE_NOTE', 'CAPTION_METRICS', 'caption_metrics', 'mask_metrics', 'summarize_mask_metrics', 'resize_mask_nearest',
-           'binarize_gt_mask', 'load_gt_mask', 'official_mask_metrics', 'training_mask_metrics', 'plm', 'region_f1']
+__all__ = ['SPICE_NOTE', 'CAPTION_METRICS', 'stop_meteor', 'caption_metrics', 'mask_metrics', 'summarize_mask_metrics',
+           'resize_mask_nearest', 'binarize_gt_mask', 'load_gt_mask', 'official_mask_metrics', 'training_mask_metrics',
+           'plm', 'region_f1']
 
 # %% ../../nbs/32_metrics.mmtt.ipynb #763f1916
 SPICE_NOTE = ("SPICE is not computed: pycocoevalcap's SPICE downloads the Stanford CoreNLP models at first use, "
@@ -29,6 +30,13 @@ CAPTION_METRICS: tuple[str, ...] = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "MET
 def _one_line(text: str) -> str:
     "Caption on one line (DEVIATION, robustness only: the official scripts pass captions through unchanged)."
     return " ".join(str(text).splitlines())
+
+def stop_meteor(scorer) -> None:
+    "Stop pycocoevalcap's METEOR JVM and close all three of its pipes (its `__del__` leaves stdout/stderr open)."
+    p = scorer.meteor_p
+    p.stdin.close(); p.kill(); p.wait()
+    for f in (p.stdout, p.stderr):
+        if f is not None: f.close()
 
 def caption_metrics(predictions: Mapping[Hashable, str],  # id -> generated explanation
                     references: Mapping[Hashable, Sequence[str] | str],  # id -> reference explanation(s)
@@ -68,7 +76,7 @@ def caption_metrics(predictions: Mapping[Hashable, str],  # id -> generated expl
         from pycocoevalcap.meteor.meteor import Meteor
         scorer = Meteor()
         try: out["METEOR"] = float(scorer.compute_score(gts, res)[0]) * scale
-        finally: del scorer                                                  # stops the JVM
+        finally: stop_meteor(scorer)
     out["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0]) * scale
     out["CIDEr"] = float(Cider().compute_score(gts, res)[0]) * scale
     return out | {"SPICE": None, "N": len(ids)}
