@@ -202,8 +202,12 @@ def write_metrics(metrics: Mapping[str, Any],  # metric name -> number (floats, 
             v = v.item()
         try: f = float(v)
         except (TypeError, ValueError): raise TypeError(f"metric {k!r} is a {type(v).__name__}, not a number") from None
-        if not math.isfinite(f): warnings.warn(f"metric {k!r} is {f}; written as null")
         flat[k] = f if math.isfinite(f) else None
+    bad = {k: float(metrics[k]) for k, v in flat.items() if v is None}
+    if bad:   # one warning per file, not one per metric (a tiny test split leaves whole per-type subsets empty)
+        kinds = "/".join(sorted({str(abs(f)) for f in bad.values()}))
+        names = ", ".join(map(repr, list(bad)[:6])) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+        warnings.warn(f"metric {names} is {kinds}; written as null")
     run_dir = Path(run_dir)
     path = save_json(flat, run_dir / "metrics.json")
     save_json(env_record(device, extra), run_dir / "env.json")
