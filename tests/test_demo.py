@@ -29,6 +29,15 @@ TRAINED_RUNS = os.environ.get("FORGREPRO_DEMO_RUNS") or (str(REPO / "runs") if S
 METHODS = ["HAMMER", "ASAP", "M4-BLIP", "ForgeryTalker"]
 
 
+
+def _load(path) -> Image.Image:
+    "The image at `path`, read fully (RGB) and its file closed."
+    with Image.open(path) as im: return im.convert("RGB")
+
+
+def _size(path) -> tuple[int, int]:
+    with Image.open(path) as im: return im.size
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
@@ -116,9 +125,9 @@ def test_forgerytalker_of_a_reproduction(models):
     "Issue 15: `ForgeryTalker failed: AttributeError: 'tuple' object has no attribute 'region_source'` on a real run."
     m, _ = models
     ex = _face_and_words(m)
-    fts = m.predictors["ForgeryTalker"].predict_faces(Image.open(ex.image), [ex.truth.box])
+    fts = m.predictors["ForgeryTalker"].predict_faces(_load(ex.image), [ex.truth.box])
     assert len(fts) == 1 and fts[0].crop is not None and fts[0].explanation.strip()
-    assert fts[0].mask.shape == Image.open(ex.image).size[::-1] and len(fts[0].region_probs) == 21
+    assert fts[0].mask.shape == _size(ex.image)[::-1] and len(fts[0].region_probs) == 21
 
 
 def test_api_example_with_a_manipulated_face_and_words(app, models):
@@ -130,8 +139,8 @@ def test_api_example_with_a_manipulated_face_and_words(app, models):
     assert "ground truth is shown" in r["status"] and "| *ground truth* | **FAKE** |" in r["table"]
     for name in METHODS[:3]: assert f"| {name} | **" in r["table"] and f"{name} " in r["latency"]
     assert "faces (MTCNN, once, shared)" in r["latency"] and "ForgeryTalker" in r["latency"] and "**Agreement**" in r["agreement"]
-    size = Image.open(ex.image).size
-    assert all(Path(h).is_file() and Image.open(h).size == size for h in r["heat"])        # Grad-CAM + query attention x 3
+    size = _size(ex.image)
+    assert all(Path(h).is_file() and _size(h) == size for h in r["heat"])        # Grad-CAM + query attention x 3
     for w in r["words"]:
         assert [d["token"].strip() for d in w] == list(ex.truth.words)
         assert all(d["class_or_confidence"] is None or 0 <= d["class_or_confidence"] <= 1 for d in w)
@@ -142,7 +151,7 @@ def test_api_upload_without_truth(app, noise):
     r = _call(app, *noise)
     assert r["status"].startswith("✓ Analysed with 3 method(s)") and "ground truth" not in r["status"]
     assert "| HAMMER | **" in r["table"] and "| *ground truth* |" not in r["table"]
-    assert Path(r["overlay"]).is_file() and Image.open(r["overlay"]).size == (160, 120)
+    assert Path(r["overlay"]).is_file() and _size(r["overlay"]) == (160, 120)
     assert [d["token"].strip() for d in r["words"][0]] == ["president", "obama", "greets", "crowds", "in", "berlin"]
 
 
@@ -154,7 +163,7 @@ def test_api_upload_without_truth(app, noise):
 def test_api_bad_uploads(app, tmp_path, noise, content, caption, message):
     if content is None:  # a truncated JPEG
         f = tmp_path / "cut.jpg"
-        Image.open(noise[0]).convert("RGB").save(f, "JPEG"); data = f.read_bytes(); f.write_bytes(data[: len(data) // 2])
+        _load(noise[0]).save(f, "JPEG"); data = f.read_bytes(); f.write_bytes(data[: len(data) // 2])
     elif content == "png": f = Path(noise[0])
     else: f = tmp_path / "fake.png"; f.write_bytes(content)
     r = _call(app, str(f), caption)
@@ -215,7 +224,7 @@ def test_explanations_figure_of_the_reproduction(runs_root):
     "`forgrepro reproduce` regenerates figures/explanations.png (nbs/experiments/figures.ipynb) with the demo's functions."
     png = runs_root.parent / "reports" / "synthetic" / "tiny" / "figures" / "explanations.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    w, h = Image.open(png).size
+    w, h = _size(png)
     assert w > 1000 and h > 500                                             # samples x (truth, 3 x 2 maps, ForgeryTalker)
 
 
