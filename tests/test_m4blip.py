@@ -169,7 +169,7 @@ def test_fca_queue_adds_negatives(batch):
                               for k, v in out.fca.image.items()]).mean()
     without = torch.stack([fca_loss(v, out.fca.text, t, out.fca.temp) for v in out.fca.image.values()]).mean()
     torch.testing.assert_close(lo.parts["fca"], with_queue)
-    assert float(lo.parts["fca"]) > float(without)              # the queued negatives add to the softmax denominators
+    assert lo.parts["fca"].item() > without.item()              # the queued negatives add to the softmax denominators
 
 
 # ---------------------------------------------------------------- sampler
