@@ -5,6 +5,8 @@
 # %% ../../nbs/28_models.explainer.ipynb #9a69d6ea
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 
 import torch
@@ -127,12 +129,17 @@ class DecoderOnlyExplainer(nn.Module):
         B, Q = prefix.shape[:2]
         embeds = torch.cat([prefix.to(emb.dtype), emb], 1)
         full_mask = torch.cat([torch.ones(B, Q, dtype=mask.dtype, device=mask.device), mask], 1)
-        return self.model.generate(inputs_embeds=embeds, attention_mask=full_mask, do_sample=False,
-                                   num_beams=gen.num_beams, max_new_tokens=gen.max_len, min_length=gen.min_len,
-                                   repetition_penalty=gen.repetition_penalty, length_penalty=gen.length_penalty,
-                                   no_repeat_ngram_size=gen.no_repeat_ngram_size,
-                                   pad_token_id=self.model.config.pad_token_id,
-                                   eos_token_id=self.model.config.eos_token_id)
+        with warnings.catch_warnings():
+            # The repetition penalty sees the generated tokens only, not the instruction: what T5's decoder does too
+            # (its instruction is encoder input), so both explainers penalise the same thing; transformers warns about it.
+            warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds` and without `input_ids`",
+                                    category=UserWarning)
+            return self.model.generate(inputs_embeds=embeds, attention_mask=full_mask, do_sample=False,
+                                       num_beams=gen.num_beams, max_new_tokens=gen.max_len, min_length=gen.min_len,
+                                       repetition_penalty=gen.repetition_penalty, length_penalty=gen.length_penalty,
+                                       no_repeat_ngram_size=gen.no_repeat_ngram_size,
+                                       pad_token_id=self.model.config.pad_token_id,
+                                       eos_token_id=self.model.config.eos_token_id)
 
 # %% ../../nbs/28_models.explainer.ipynb #d5aaad33
 def build_llm(cfg: ExplainerConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
