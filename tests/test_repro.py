@@ -375,6 +375,9 @@ def test_dataset_card_notebook(e2e):
     assert "image_pairs" in md and "unpaired" in md
 
 
+# lpips 0.1.4 builds AlexNet with torchvision's pre-0.13 `pretrained=` argument (lpips/pretrained_networks.py); not ours
+@pytest.mark.filterwarnings("ignore:The parameter 'pretrained' is deprecated since 0.13:UserWarning:torchvision")
+@pytest.mark.filterwarnings("ignore:Arguments other than a weight enum or `None` for 'weights' are deprecated:UserWarning:torchvision")
 def test_lpips_pairs_path(e2e):
     "The dataset card's LPIPS path on real pairs, with a random AlexNet (no weights needed): 0 for identical images."
     import lpips
