@@ -4,7 +4,8 @@
 """
 import json
 from pathlib import Path
-from forgrepro.repro import BASELINES_DIR, baseline_rows, plan, render_reports, load_tables
+from forgrepro.repro import BASELINES_DIR, baseline_rows, plan, render_reports
+from forgrepro.tables import load_tables
 tables = list(load_tables())
 chosen, runs = plan(tables)
 runs_dir, out_dir = Path("runs/synthetic/tiny"), Path("reports/synthetic/tiny")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from forgrepro import repro
+from forgrepro import repro, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden"
@@ -40,12 +40,12 @@ def fake_metrics() -> dict[str, dict[str, float | None]]:
     return {r: fake_run(i) for i, r in enumerate(runs) if r != "asap_no_hard_negatives"}
 
 
-def fake_seed_metrics() -> dict[str, repro.SeedRuns]:
+def fake_seed_metrics() -> dict[str, tables.SeedRuns]:
     """Three seeds per run: the run's pattern moved by a per-run, per-seed offset, so that some differences between rows
     are within the seed spread and some are not; one run has only seeds 0 and 1."""
     _, runs = repro.plan()
     shift = lambda i, s: [0.0, 3.0 * (i % 3 + 1), -2.0 * (i % 2 + 1)][s]
-    out = {r: repro.SeedRuns({s: fake_run(i, shift(i, s)) for s in (0, 1, 2)})
+    out = {r: tables.SeedRuns({s: fake_run(i, shift(i, s)) for s in (0, 1, 2)})
            for i, r in enumerate(runs) if r != "asap_no_hard_negatives"}
     del out["asap_ladder_lma_mgca"][2]
     return out
@@ -77,13 +77,13 @@ def check_golden(got: str, name: str, tmp_path) -> None:
 @pytest.mark.parametrize("table", ["hammer_t2", "hammer_t3", "asap_types", "forgerytalker_fpn"])
 def test_golden_tables(table, tmp_path):
     "One seed, input-blind rows (hammer_t2/t3, forgerytalker_fpn) or per-row chance lines (asap_types)."
-    out = render_to(tmp_path, [repro.load_tables()[table]], fake_metrics(), fake_baselines())
+    out = render_to(tmp_path, [tables.load_tables()[table]], fake_metrics(), fake_baselines())
     for ext in ("md", "csv", "tex"): check_golden((out / f"{table}.{ext}").read_text(), f"{table}.{ext}", tmp_path)
 
 
 def test_golden_seed_tables(tmp_path):
     "Three seeds: mean ± sd cells, the ladder's Δ vs the previous row (≈ where within the spread), and seed_spread.md."
-    t = repro.load_tables()["asap_modules"]
+    t = tables.load_tables()["asap_modules"]
     out = render_to(tmp_path, [t], fake_seed_metrics(), fake_baselines())
     for ext in ("md", "csv", "tex"): check_golden((out / f"asap_modules.{ext}").read_text(), f"asap_modules_seeds.{ext}", tmp_path)
     _, runs = repro.plan()
@@ -107,17 +107,17 @@ def md_lines(md: str) -> dict[tuple[str, str], list[str]]:
 @pytest.mark.parametrize("table", ["hammer_t2", "asap_modules", "asap_types", "forgerytalker_fpn", "m4blip_localglobal"])
 def test_each_value_lands_on_its_row(table, tmp_path):
     "Every row's ours line shows its own run's value under its own key (a value on the wrong row or column fails)."
-    t = repro.load_tables()[table]
+    t = tables.load_tables()[table]
     for metrics in (fake_metrics(), fake_seed_metrics()):
         out = render_to(tmp_path, [t], metrics, fake_baselines())
         lines = md_lines((out / f"{table}.md").read_text())
         for r in t.rows:
             if r.run is None or r.run not in metrics: continue
-            runs = repro.per_seed(metrics[r.run])
+            runs = tables.per_seed(metrics[r.run])
             want = []
             for m in t.metrics:
                 vals = [v[r.key(m)] for v in runs.values() if v.get(r.key(m)) is not None]
-                mean, sd, _ = repro.seed_stats(vals)
+                mean, sd, _ = tables.seed_stats(vals)
                 want.append("missing metric" if r.key(m) not in next(iter(runs.values())) else
                             "—" if mean is None else f"{mean:.2f}" + (f" ± {sd:.2f}" if sd is not None else ""))
             got = [re.sub(r" \(n=\d\)$", "", c) for c in lines[(r.label, "ours")]]    # (n=2): fewer seeds than others
@@ -126,7 +126,7 @@ def test_each_value_lands_on_its_row(table, tmp_path):
                 ref = t.row(r.ref)
                 got = lines[(r.label, f"Δ vs {ref.label}")]
                 for m, cell in zip(t.metrics, got):
-                    mine, theirs = repro.per_seed(metrics[r.run]), repro.per_seed(metrics[ref.run])
+                    mine, theirs = tables.per_seed(metrics[r.run]), tables.per_seed(metrics[ref.run])
                     d = [mine[s][r.key(m)] - theirs[s][ref.key(m)] for s in mine if s in theirs
                          and mine[s].get(r.key(m)) is not None and theirs[s].get(ref.key(m)) is not None]
                     if d: assert cell.startswith(f"{sum(d) / len(d):+.2f}"), (table, r.label, m, cell)
@@ -134,27 +134,27 @@ def test_each_value_lands_on_its_row(table, tmp_path):
 
 def test_every_published_number_is_rendered(tmp_path):
     import csv, io
-    tables = repro.load_tables()
-    paper = repro.load_paper_numbers()
-    repro.render_reports(list(tables.values()), {}, tmp_path, synthetic=False)
+    defs = tables.load_tables()
+    paper = tables.load_paper_numbers()
+    repro.render_reports(list(defs.values()), {}, tmp_path, synthetic=False)
     shown = set()
-    for t in tables:
+    for t in defs:
         for r in csv.DictReader(io.StringIO((tmp_path / f"{t}.csv").read_text())):
-            if r["paper"] != repro.NOT_PUBLISHED: shown.add((t, r["row"], r["metric"], float(r["paper"])))
-    want = {(t, tables[t].row(row).label, m, v.value) for (t, row, m), v in paper.items()}
+            if r["paper"] != tables.NOT_PUBLISHED: shown.add((t, r["row"], r["metric"], float(r["paper"])))
+    want = {(t, defs[t].row(row).label, m, v.value) for (t, row, m), v in paper.items()}
     assert want <= shown                                                # on its own row and column
     assert "Synthetic" not in (tmp_path / "hammer_t2.md").read_text()   # the banner is for synthetic data only
     asap = md_lines((tmp_path / "asap_main.md").read_text())
     # ASAP's main table as printed: its HAMMER row (not HAMMER's own 93.19), DGM4-baseline, MFCLIP; all flagged ‡
     assert asap[("HAMMER", "paper")][:4] == ["93.09‡", NA, "86.42‡", "87.20‡"] and asap[("ASAP", "paper")][0] == "94.38‡"
     assert asap[("DGM4-baseline", "paper")][0] == "91.56‡" and asap[("MFCLIP", "paper")][-1] == "71.68‡"
-    assert asap[("MFCLIP", "ours")][0] == repro.NOT_REPRODUCED
+    assert asap[("MFCLIP", "ours")][0] == tables.NOT_REPRODUCED
     fpn = md_lines((tmp_path / "forgerytalker_fpn.md").read_text())
     assert fpn[("FPN alone", "paper")][0] == "41.00† [v1]" and fpn[("with FPN prompts (full)", "paper")][0] == "39.16† [v2]"
     assert "[v1] arXiv 2412.19685v1" in (tmp_path / "forgerytalker_fpn.md").read_text()
 
 
-NA = repro.NOT_PUBLISHED
+NA = tables.NOT_PUBLISHED
 
 
 # ---------------------------------------------------------------- stacking and parameter cells
@@ -194,7 +194,7 @@ def test_base_yaml_mirrors_train_notebook():
     ns: dict = {}
     exec(parameter_cell(ROOT / "nbs" / "experiments" / "train.ipynb"), ns)
     nb_params = {k: v for k, v in ns.items() if not k.startswith("__")}
-    assert repro.load_yaml(ROOT / "configs" / "base.yaml") == nb_params
+    assert tables.load_yaml(ROOT / "configs" / "base.yaml") == nb_params
 
 
 def test_stacking_order_and_errors(tmp_path):
@@ -230,7 +230,7 @@ def test_every_row_builds_a_valid_spec():
     "Each row's YAML reaches its spec and its model config (ablation and overrides applied); no two rows train the same."
     seen: dict[tuple, str] = {}
     for f in sorted((ROOT / "configs" / "rows").glob("*.yaml")):
-        yaml_row = repro.load_yaml(f)
+        yaml_row = tables.load_yaml(f)
         row = repro.load_row(f.stem)
         for scale in repro.SCALES:
             spec = repro.row_spec(repro.resolve_params(row, scale))   # unknown ablations/overrides keys raise here
@@ -266,14 +266,14 @@ def test_reproduce_writes_run_folders_and_tables(e2e):
         assert (run / f).is_file(), f
     env = json.loads((run / "env.json").read_text())
     assert env["data_fingerprint"] and env["device"] == "cpu" and "torch" in env["versions"] and env["git_sha"]
-    params = repro.load_yaml(run / "params.yaml")
+    params = tables.load_yaml(run / "params.yaml")
     assert params["max_steps"] == 2 and params["method"] == "hammer"
     md = (d / "reports" / "synthetic" / "tiny" / "hammer_t2.md").read_text()
     m = json.loads((run / "metrics.json").read_text())
     assert md_lines(md)[("HAMMER", "ours")][:3] == [f"{m[k]:.2f}" for k in ("AUC", "EER", "ACC")]   # on HAMMER's row
     assert "Synthetic data" in md and "(../../../runs/synthetic/tiny/hammer)" in md
     t4 = md_lines((d / "reports" / "synthetic" / "tiny" / "hammer_t4.md").read_text())
-    assert t4[("HAMMER", "ours")][0] == f"{m['text/AUC']:.2f}" and t4[("BERT", "ours")][0] == repro.NOT_REPRODUCED
+    assert t4[("HAMMER", "ours")][0] == f"{m['text/AUC']:.2f}" and t4[("BERT", "ours")][0] == tables.NOT_REPRODUCED
     # chance level in place: the input-blind rows, on the text subset in Table 4
     blind = json.loads((d / "runs" / "synthetic" / "tiny" / "_baselines" / "dgm4.json").read_text())["baselines"]
     assert t4[("all tokens fake", "input-blind")][-1] == f"{blind['all_tokens_fake']['metrics']['text/F1']:.2f}"
@@ -288,10 +288,10 @@ def test_plain_papermill_runs_the_template(e2e, tmp_path):
     import subprocess, sys
     d, kw, _ = e2e
     run = d / "runs" / "synthetic" / "tiny" / "hammer"
-    runner = repro.load_yaml(run / "params.yaml")
+    runner = tables.load_yaml(run / "params.yaml")
     cfg = ROOT / "configs"
     files = [cfg / "base.yaml", cfg / "rows" / "hammer.yaml", cfg / "presets" / "minimal.yaml"]
-    stacked = {k: v for f in files for k, v in repro.load_yaml(f).items()} | {"data": runner["data"], "threads": runner["threads"]}
+    stacked = {k: v for f in files for k, v in tables.load_yaml(f).items()} | {"data": runner["data"], "threads": runner["threads"]}
     assert {k: v for k, v in stacked.items() if k not in ("title", "run_dir")} == \
         {k: v for k, v in runner.items() if k != "run_dir"}                          # the same parameters as the runner's row
     cmd = [str(Path(sys.executable).parent / "papermill"), str(ROOT / "nbs" / "experiments" / "train.ipynb"),
@@ -322,9 +322,9 @@ def test_seeds_mean_sd_spread_and_baselines(e2e):
     assert res["skipped"] == ["hammer/seed0"] and res["ran"] == ["hammer/seed1"] and not res["failed"], res
     runs, out = d / "runs" / "synthetic" / "tiny", d / "reports" / "synthetic" / "tiny"
     m0, m1 = (json.loads((runs / f / "metrics.json").read_text()) for f in ("hammer", "seed1/hammer"))
-    assert repro.load_yaml(runs / "seed1" / "hammer" / "params.yaml")["seed"] == 1
+    assert tables.load_yaml(runs / "seed1" / "hammer" / "params.yaml")["seed"] == 1
     assert (m0["AUC"], m0["ACC"], m0["IoUmean"]) != (m1["AUC"], m1["ACC"], m1["IoUmean"])    # another seed, another model
-    t2 = repro.load_tables()["hammer_t2"]
+    t2 = tables.load_tables()["hammer_t2"]
     lines = md_lines((out / "hammer_t2.md").read_text())
     want = [("—" if m0[k] is None else f"{statistics.mean([m0[k], m1[k]]):.2f} ± {statistics.stdev([m0[k], m1[k]]):.2f}")
             for k in t2.metrics]
@@ -350,7 +350,7 @@ def test_seeds_mean_sd_spread_and_baselines(e2e):
 
 def test_parameter_injection_changes_the_result(e2e, tmp_path):
     d, kw, _ = e2e
-    base = repro.load_yaml(d / "runs" / "synthetic" / "tiny" / "hammer" / "params.yaml")
+    base = tables.load_yaml(d / "runs" / "synthetic" / "tiny" / "hammer" / "params.yaml")
     ref = json.loads((d / "runs" / "synthetic" / "tiny" / "hammer" / "metrics.json").read_text())
     wrong = {**base, "run_dir": str(tmp_path / "wrong"), "overrides_json": json.dumps({"optim.lr": 0.5, "optim.lr_img": 0.5})}
     m, ran = repro.run_row(wrong)
@@ -394,7 +394,7 @@ def test_lpips_pairs_path(e2e):
 
 def test_accelerate_two_gloo_processes(e2e, tmp_path):
     d, kw, _ = e2e
-    base = repro.load_yaml(d / "runs" / "synthetic" / "tiny" / "hammer" / "params.yaml")
+    base = tables.load_yaml(d / "runs" / "synthetic" / "tiny" / "hammer" / "params.yaml")
     m, ran = repro.run_row({**base, "run_dir": str(tmp_path / "ddp")}, launcher="accelerate", num_processes=2)
     log = (tmp_path / "ddp" / "accelerate.log").read_text()
     assert ran and "AUC" in m
