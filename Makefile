@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 export PYTHONHASHSEED := 0
 
-.PHONY: setup browser test reproduce demo export clean-nbs check-nbs bench lock
+.PHONY: setup browser test reproduce demo screenshot export clean-nbs check-nbs bench lock
 
 setup: $(STAMP)
 
@@ -43,6 +43,13 @@ reproduce: setup
 
 demo: setup
 	$(VENV)/bin/forgrepro demo
+
+# The README screenshot: the four demo rows (reused when runs/ holds them for this code; the tables go to a temporary
+# folder), then the headless-Chromium test serving them (tests/test_demo.py).
+screenshot: setup browser
+	$(VENV)/bin/forgrepro reproduce hammer_t2 asap_main m4blip_main forgerytalker_main --data synthetic --scale tiny \
+	  --device cpu --jobs 2 --threads 1 --no-figures --no-baselines --reports $$(mktemp -d)
+	FORGREPRO_SCREENSHOT=reports/demo_screenshot.png $(PY) -m pytest tests/test_demo.py -k chromium -q
 
 bench: setup
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from forgrepro.data.batch import MMTTBatch, TextInput  # noqa: E402
+from forgrepro.data.prompts import load_qformer_tokenizer, train_explanation_tokenizer  # noqa: E402
 from forgrepro.methods import forgerytalker as ft  # noqa: E402
 
 WORDS = ("the left eye looks blurred and the skin around the nose shows a visible seam while the lips have an "
@@ -72,8 +73,8 @@ def throughput(args) -> int:
     S = cfg.vision.image_size
     # An offline stand-in for the Flan-T5 tokenizer (the vocabulary stays 32128 at paper scale): sequence lengths are
     # controlled below, which is what the throughput depends on.
-    ltok = ft.train_explanation_tokenizer([" ".join(WORDS)] * 4, vocab_size=500)
-    qtok = ft.load_qformer_tokenizer()
+    ltok = train_explanation_tokenizer([" ".join(WORDS)] * 4, vocab_size=500)
+    qtok = load_qformer_tokenizer()
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and not args.fp32 else contextlib.nullcontext())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

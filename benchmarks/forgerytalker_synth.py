@@ -5,7 +5,8 @@ the test metrics next to two trivial baselines scored with the same official sco
 
 * a constant explanation: the most frequent (`blip_pre_caption`-ed) training explanation, for every test image;
 * a best constant explanation: the training explanation with the highest CIDEr against the *training* references when
-  said for every training image (a model-free consensus sentence; chosen without the test split), for every test image;
+  said for every training image (a model-free consensus sentence; chosen without the test split, among all distinct
+  training explanations), for every test image;
 * an all-face mask: every pixel of the image predicted manipulated (synth-mmtt faces fill the frame).
 
 A model whose explanations do not depend on the image can still beat the first baseline (on synth-mmtt the most frequent
@@ -30,56 +31,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
 
-from forgrepro.data.mmtt import MMTTDataset, find_mmtt_split, read_mmtt
+from forgrepro.baselines import mmtt_baselines
+from forgrepro.data.mmtt import find_mmtt_split, read_mmtt
 from forgrepro.data.synth_mmtt import explanation_kind
-from forgrepro.data.text import blip_pre_caption
-from forgrepro.methods import forgerytalker as ft
-from forgrepro.metrics.mmtt import caption_metrics, mask_metrics, plm, summarize_mask_metrics
+from forgrepro.experiment import forgerytalker_run
+from forgrepro.methods.forgerytalker import forgerytalker_tiny
 
 COLS = ("CIDEr", "BLEU-4", "BLEU-1", "METEOR", "ROUGE-L", "PLM", "IoU", "Precision", "Recall", "region_F1", "distinct",
         "kind_acc", "seconds")
 
 
-def best_constant(train: list[str], n_candidates: int = 200, seed: int = 0) -> tuple[str, float]:
-    "The candidate (of `n_candidates` distinct training explanations) with the best CIDEr said for every training image."
-    # ~2 min on one core at 800 training images (pycocoevalcap re-cooks the references per candidate); with 50 candidates
-    # the search missed the consensus sentence (an authentic one won, test CIDEr 16.4 vs 23.9).
-    from pycocoevalcap.cider.cider import Cider
-    distinct = sorted(set(train))
-    rng = random.Random(seed)
-    cands = rng.sample(distinct, min(n_candidates, len(distinct)))
-    gts = {i: [t] for i, t in enumerate(train)}
-    scores = [Cider().compute_score(gts, {i: [c] for i in gts})[0] for c in cands]
-    j = max(range(len(cands)), key=scores.__getitem__)
-    return cands[j], 100 * scores[j]
-
-
 def baselines(root: Path, image_size: int) -> dict[str, dict]:
-    "Constant most-frequent explanation and all-face mask on the test split (official scorers)."
-    train = [blip_pre_caption(r.caption) for r in read_mmtt(find_mmtt_split(root, "train"))]
-    most = Counter(train).most_common(1)[0][0]
-    refs: dict = {}
-    for r in read_mmtt(find_mmtt_split(root, "test")): refs.setdefault(r.image_id, []).append(r.caption)
-    caps = caption_metrics({k: most for k in refs}, refs)
-    caps.pop("N", None)
-    caps["PLM"] = plm([most] * len(refs), [" ".join(v) for v in refs.values()])
-    best, best_train_cider = best_constant(train)
-    caps_b = caption_metrics({k: best for k in refs}, refs)
-    caps_b.pop("N", None)
-    caps_b["PLM"] = plm([best] * len(refs), [" ".join(v) for v in refs.values()])
-    test = MMTTDataset(root, "test", image_size=image_size)
-    gt = torch.stack([test[i].mask for i in range(len(test))])[:, 0] > 0.5
-    s = summarize_mask_metrics(mask_metrics(torch.ones_like(gt), gt))
-    return {"constant_explanation": caps | {"explanation": most},
-            "best_constant_explanation": caps_b | {"explanation": best, "train_CIDEr": best_train_cider},
-            "all_face_mask": {"IoU": s["mIoU"], "Precision": s["mP"], "Recall": s["mR"]}}
+    "Constant explanations and the all-face mask on the test split (`forgrepro.baselines.mmtt_baselines`, official scorers)."
+    metrics, texts = mmtt_baselines(root, image_size)
+    return {k: m | ({"explanation": texts[k]} if k in texts else {}) for k, m in metrics.items()}
 
 
 def _pairs(items: list[str]) -> dict:
@@ -103,7 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="runs folder (one sub-folder per row, fpn/ shared)")
     p.add_argument("--rows", nargs="+", default=["full", "no_fpn", "gt_prompts", "no_mask_decoder"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (several: out/seed<k>/<row>)")
-    p.add_argument("--no-baselines", action="store_true", help="skip the trivial baselines (~2 min)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the trivial baselines (~40 s, mostly Java start-up)")
     p.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                    help="ForgeryTalkerConfig overrides on top of the tiny recipe ('fpn.*': stage 1); values parsed as JSON")
     p.add_argument("--train-override", nargs="*", default=[], metavar="KEY=VALUE",
@@ -119,7 +89,7 @@ def main(argv=None) -> int:
         base = out if len(args.seeds) == 1 else out / f"seed{seed}"
         for row in args.rows:
             t0 = time.perf_counter()
-            m = ft.forgerytalker_run(root, base / row, scale="tiny", ablation=row, fpn_dir=base / "fpn", seed=seed,
+            m = forgerytalker_run(root, base / row, scale="tiny", ablation=row, fpn_dir=base / "fpn", seed=seed,
                                      overrides=over, train_overrides=tover)
             preds = json.loads((base / row / "predictions.json").read_text())
             name = row if len(args.seeds) == 1 else f"{row} (seed {seed})"
@@ -132,7 +102,7 @@ def main(argv=None) -> int:
             runs = [results[f"{row} (seed {s})"] for s in args.seeds]
             results[f"{row} (mean)"] = {c: sum(r[c] for r in runs) / len(runs) for c in COLS
                                         if all(isinstance(r.get(c), (int, float)) and r[c] == r[c] for r in runs)}
-    if not args.no_baselines: results |= baselines(root, ft.forgerytalker_tiny().vision.image_size)
+    if not args.no_baselines: results |= baselines(root, forgerytalker_tiny().vision.image_size)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     _print(results)
     if not args.no_baselines:

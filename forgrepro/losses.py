@@ -15,7 +15,8 @@ from .boxes import cxcywh_to_xyxy, paired_giou
 from .models.contrastive import diagonal_targets, distilled_targets, soft_ce
 
 # %% auto #0
-__all__ = ['box_losses', 'token_loss', 'PairSims', 'pair_contrastive', 'mac_loss']
+__all__ = ['box_losses', 'token_loss', 'PairSims', 'pair_contrastive', 'mac_loss', 'lm_loss', 'seg_loss', 'gate_loss', 'mlm_loss',
+           'contrastive_loss']
 
 # %% ../nbs/30_losses.ipynb #e78d3699
 def box_losses(pred_cxcywh: Tensor, target_cxcywh: Tensor) -> tuple[Tensor, Tensor]:
@@ -68,3 +69,50 @@ def pair_contrastive(s: PairSims, positives: Tensor | None, alpha: float,
 def mac_loss(s: PairSims, real: Tensor, alpha: float) -> Tensor:
     "HAMMER MAC: mean of i2t, t2i, i2i, t2t with pristine-only cross-modal positives."
     return sum(pair_contrastive(s, real, alpha)) / 4
+
+# %% ../nbs/30_losses.ipynb #954bfb49
+def lm_loss(logits: Tensor,  # (B, T, V)
+            labels: Tensor,  # (B, T), -100 ignored
+           ) -> Tensor:
+    "Mean token cross-entropy over non-ignored labels (0 when there are none)."
+    valid = labels != -100
+    if not bool(valid.any()): return logits.sum() * 0.0
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+def seg_loss(mask_logits: Tensor,  # (B, 1, S, S) logits
+             mask: Tensor,  # (B, 1, S, S) {0, 1}
+             pos_weight: float = 2.0,  # weight of manipulated pixels
+             double_sigmoid: bool = False,  # official quirk: BCE-with-logits of sigmoid outputs
+            ) -> Tensor:
+    "Pixel BCE-with-logits with `pos_weight` (official `BCEWithLogitsLoss(pos_weight=2)`)."
+    x = mask_logits.float()
+    # DEVIATION: the official passes sigmoid(seg_out) to BCEWithLogitsLoss (double sigmoid); we score the logits.
+    if double_sigmoid: x = torch.sigmoid(x)
+    return F.binary_cross_entropy_with_logits(x, mask.to(x.dtype), pos_weight=torch.tensor(pos_weight, device=x.device))
+
+def gate_loss(gate_probs: Tensor,  # (B, R) gate probabilities
+              targets: Tensor,  # (B, R) ground-truth multilabel
+              active: Tensor,  # (B, R) bool: regions in the instruction (FPN positives)
+              double_sigmoid: bool = False,  # official quirk: BCE-with-logits of probabilities
+             ) -> Tensor:
+    "Σ_images mean_{active regions} BCE(gate, gt) / B (`bt5i.py::_get_multimodal_context`)."
+    p, y = gate_probs.float(), targets.to(gate_probs.device).float()
+    per = (F.binary_cross_entropy_with_logits(p, y, reduction="none") if double_sigmoid
+           else F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), y, reduction="none"))
+    a = active.to(per.dtype)
+    n = a.sum(1)
+    return ((per * a).sum(1) / n.clamp(min=1)).sum() / p.shape[0]
+
+def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    "Masked-language-model cross-entropy on the masked region words (0 when a batch has none)."
+    return lm_loss(logits, labels)
+
+def contrastive_loss(image_features: Tensor,  # (B, C)
+                     text_features: Tensor,  # (B, C)
+                     temperature: float = 0.07,  # τ
+                    ) -> Tensor:
+    "One-directional InfoNCE (image -> text), matching pairs on the diagonal (`bt5i.py::ContrastiveLoss`)."
+    i, t = F.normalize(image_features.float(), dim=-1), F.normalize(text_features.float(), dim=-1)
+    logits = i @ t.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+

@@ -4,7 +4,7 @@
 """
 import json
 from pathlib import Path
-from forgrepro.repro import plan, render_reports, load_tables
+from forgrepro.repro import BASELINES_DIR, baseline_rows, plan, render_reports, load_tables
 tables = list(load_tables())
 chosen, runs = plan(tables)
 runs_dir, out_dir = Path("runs/synthetic/tiny"), Path("reports/synthetic/tiny")
@@ -15,5 +15,7 @@ for rid in runs:
     else: failed[rid] = "not finished in the session that generated these tables (CPU time); rerun `make reproduce`"
 header = "\n".join(["Data: `synthetic`; scale `tiny`; device `cpu`; runs under `../../../runs/synthetic/tiny`."]
                    + [f"- row `{k}` not run: {v}" for k, v in failed.items()])
-render_reports(chosen, metrics, out_dir, run_dirs=run_dirs, synthetic=True, header=header)
+# input-blind rows from the baselines `forgrepro reproduce` cached beside the runs (none cached: no such rows)
+blind = {f.stem: json.loads(f.read_text())["baselines"] for f in sorted((runs_dir / BASELINES_DIR).glob("*.json"))}
+render_reports(chosen, metrics, out_dir, run_dirs=run_dirs, synthetic=True, header=header, baselines=baseline_rows(blind))
 print("rendered", sorted(metrics), "not run", sorted(failed))

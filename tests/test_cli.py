@@ -20,7 +20,7 @@ def test_help_lists_subcommands(capsys):
 def test_reproduce_help_documents_options(capsys):
     with pytest.raises(SystemExit): main(["reproduce", "--help"])
     out = capsys.readouterr().out
-    for opt in ("--data", "--scale", "--device", "--force", "--launcher", "--mmtt"): assert opt in out
+    for opt in ("--data", "--scale", "--device", "--force", "--launcher", "--mmtt", "--seeds", "--no-baselines"): assert opt in out
 
 
 @pytest.mark.parametrize("argv,msg", [(["reproduce", "--scale", "huge"], "invalid choice: 'huge'"),

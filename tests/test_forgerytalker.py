@@ -9,12 +9,15 @@ import torch
 from safetensors.torch import save_file
 
 from forgrepro.data.batch import MMTTBatch
+from forgrepro.data.mmtt import REGIONS
+from forgrepro.data.prompts import PromptTokenizer, instruction_text, load_qformer_tokenizer, train_explanation_tokenizer
+from forgrepro.evaluators import MMTTEvaluator
+from forgrepro.losses import contrastive_loss, gate_loss, lm_loss, seg_loss
 from forgrepro.methods.forgerytalker import (
-    ABLATIONS, REGIONS, DecoderOnlyExplainer, FPNRegions, FPNTask, ForgeryTalkerTask, GenerationSettings,
-    ForgeryTalkerOutput, GroundTruthRegions, LLMConfig, MMTTEvaluator, NoRegions, PromptTokenizer, T5Explainer, TagGate, ablation_config,
-    build_forgerytalker, build_llm, contrastive_loss, forgerytalker_loss, forgerytalker_paper, forgerytalker_tiny,
-    fpn_tiny, gate_loss, instruction_text, load_qformer_tokenizer, lm_loss, seg_loss,
-    train_explanation_tokenizer)
+    ABLATIONS, FPNTask, ForgeryTalkerOutput, ForgeryTalkerTask, ablation_config, build_forgerytalker, forgerytalker_loss,
+    forgerytalker_paper, forgerytalker_tiny, fpn_tiny)
+from forgrepro.models.explainer import DecoderOnlyExplainer, ExplainerConfig, GenerationSettings, T5Explainer, build_llm
+from forgrepro.models.prompter import FPNRegions, GroundTruthRegions, NoRegions, TagGate
 from forgrepro.models.mask_decoder import MaskDecoderConfig, MLPMaskDecoder, RegionPromptEncoder, SamGridMaskDecoder
 from forgrepro.models.prompter import ForgeryPrompter, PrompterConfig, dice_loss, fpn_loss, weighted_bce
 from forgrepro.task import Progress
@@ -133,7 +136,7 @@ def test_part_shapes_tiny(ltok, qtok):
     batch = make_batch(3)
     emb = model.encode_image(batch.image)
     n_patch = (cfg.vision.image_size // cfg.vision.patch_size) ** 2
-    assert emb.shape == (3, 1 + n_patch, cfg.vision.hidden_size)
+    assert emb.shape == (3, 1 + n_patch, cfg.vision.width)
     rp = model.region_source(batch.image)
     prompts = model.prompt_tokenizer.instructions(rp.regions)
     hidden = model.query(emb, prompts.qformer)
@@ -199,7 +202,7 @@ def test_decoder_only_llm_trains_and_generates(ltok, qtok):
 def test_decoder_only_position_ids_match_between_training_and_generation(ltok):
     """A left-padded instruction at generation must see the same positions as the packed training layout."""
     torch.manual_seed(0)
-    llm = build_llm(LLMConfig(kind="llama", d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=None), ltok).eval()
+    llm = build_llm(ExplainerConfig(kind="llama", d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=None), ltok).eval()
     from forgrepro.data.batch import TextInput
     prefix = torch.randn(2, 3, 32)
     prompt = TextInput(torch.tensor([[5, 6, 7], [8, 0, 0]]), torch.tensor([[1, 1, 1], [1, 0, 0]]))
@@ -258,7 +261,7 @@ def test_tokenizer_path_round_trip(tmp_path, qtok):
 def test_explanation_vocabulary_is_the_same_in_every_process(tmp_path):
     "The tiny vocabulary must not depend on a per-process hash seed (the WordPiece trainer's ids and merges did)."
     import subprocess, sys
-    code = ("import sys; from forgrepro.methods.forgerytalker import train_explanation_tokenizer; "
+    code = ("import sys; from forgrepro.data.prompts import train_explanation_tokenizer; "
             "train_explanation_tokenizer(['The lips look waxy.', 'A seam runs along the jaw; the eyes are glassy.'] * 5, "
             "out_dir=sys.argv[1])")
     files = []
@@ -312,7 +315,7 @@ def test_overfit_handful_of_samples(ltok, qtok):
     generation reproduces the training explanations."""
     torch.manual_seed(0)
     cfg = replace(ablation_config("tiny", "gt_prompts"), lr=3e-3)
-    cfg = replace(cfg, llm=replace(cfg.llm, dropout=0.0), qformer=replace(cfg.qformer, dropout=0.0))
+    cfg = replace(cfg, llm=replace(cfg.llm, dropout=0.0), qformer=replace(cfg.qformer, hidden_dropout=0.0, attention_dropout=0.0))
     model = build(cfg, ltok, qtok)
     batch = make_batch(4, seed=3)
     opt = torch.optim.AdamW(ForgeryTalkerTask(cfg).param_groups(model), lr=cfg.lr)
@@ -326,7 +329,7 @@ def test_overfit_handful_of_samples(ltok, qtok):
     assert final < 0.1 and final < first / 20, (first, final)
     texts = model.eval().explain(batch.image, batch.multilabel,
                                  GenerationSettings(num_beams=1, max_len=30, min_len=1, repetition_penalty=1.0)).texts
-    from forgrepro.methods.forgerytalker import pre_caption
+    from forgrepro.data.text import blip_pre_caption as pre_caption
     assert sum(t == pre_caption(c) for t, c in zip(texts, batch.captions)) >= 3, texts
 
 
@@ -371,8 +374,10 @@ def test_forgerytalker_run_load_explain(tmp_path):
     import json
     import numpy as np
     from PIL import Image
-    from forgrepro.methods.forgerytalker import (FORGERYTALKER_ABLATIONS, explain, fast_caption_metrics,
-                                                 forgerytalker_run, load_forgerytalker)
+    from forgrepro.evaluators import fast_caption_metrics
+    from forgrepro.experiment import forgerytalker_run, load_forgerytalker
+    from forgrepro.methods.forgerytalker import FORGERYTALKER_ABLATIONS
+    from forgrepro.predict import explain
     root = _write_mmtt(tmp_path / "data")
     kw = dict(overrides={"generation.num_beams": 1, "generation.max_len": 8},
               train_overrides={"epochs": 1, "batch_size": 4, "fpn.epochs": 1, "fpn.batch_size": 4},

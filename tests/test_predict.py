@@ -1,4 +1,4 @@
-"""forgrepro.predict: a DGM4 method on single image-caption pairs, upload validation, ForgeryTalker wrapper."""
+"""forgrepro.predict: a DGM4 method on single image-caption pairs, its visual explanations, upload validation, ForgeryTalker wrapper."""
 import io
 import json
 
@@ -11,8 +11,9 @@ from forgrepro.core import DataError
 from forgrepro.data.dgm4 import MULTI_LABEL_CLASSES, DGM4Dataset
 from forgrepro.data.text import bert_tokenizer
 from forgrepro.experiment import ExperimentSpec, build_task
-from forgrepro.predict import (DGM4Predictor, ForgeryTalkerPredictor, prediction_batch, validate_caption,
-                               validate_image, word_scores)
+from forgrepro.predict import (DGM4Predictor, ForgeryTalkerPredictor, explained_forward, face_crop_box, grad_cam,
+                               normalise_map, prediction_batch, token_grid, validate_caption, validate_image, vision_block,
+                               word_scores)
 
 torch.set_num_threads(1)
 
@@ -157,3 +158,95 @@ def test_forgerytalker_wrapper_resizes_mask():
     p = ForgeryTalkerPredictor(object(), explain).predict(_image(160, 90))
     assert p.mask.shape == (90, 160) and p.mask[:45, :80].all() and not p.mask[45:, :].any()
     assert p.regions == ("nose",) and p.region_probs == {"nose": 0.8} and p.explanation == "nose edited"
+
+
+# ------------------------------------------------------------------ visual explanations
+def test_grad_cam_hand_computed():
+    "α_c = mean_n ∂y/∂A_nc; map = ReLU(Σ_c α_c A_nc), worked out by hand for N = 4 patches, C = 3 channels."
+    A = torch.tensor([[[2., 0., 1.], [0., 1., -1.], [1., 1., 1.], [-1., 2., 0.]]])
+    G = torch.tensor([[[0., 2., 1.], [2., 0., 1.], [0., 2., 1.], [2., 0., 1.]]])      # α = (1, 1, 1)
+    assert grad_cam(A, G).tolist() == [[3., 0., 3., 1.]]
+    G2 = torch.tensor([[[4., 0., 0.], [0., 0., 0.], [0., 0., 0.], [0., 0., -4.]]])    # α = (1, 0, -1)
+    assert grad_cam(A, G2).tolist() == [[1., 1., 0., 0.]]
+    assert normalise_map(token_grid(grad_cam(A, G)[0])).tolist() == [[1., 0.], [1., 1 / 3]]
+
+
+class _LinearReadout(torch.nn.Module):
+    "A 'vision block' (a linear map) whose patch tokens are read out linearly: fake log-odds y = Σ_n v_n (B_n · w)."
+    def __init__(self, v, w, W):
+        super().__init__()
+        self.visual_encoder = torch.nn.Module(); self.visual_encoder.blocks = torch.nn.ModuleList([torch.nn.Linear(3, 3, bias=False)])
+        self.visual_encoder.blocks[0].weight.data = W
+        self.v, self.w = v, w
+    def forward(self, x):
+        b = self.visual_encoder.blocks[-1](x)
+        y = (self.v * (b[:, 1:] @ self.w)).sum(-1)
+        return type("Out", (), {"logits_bin": torch.stack([-y / 2, y / 2], -1)})()
+
+
+def test_grad_cam_through_hooks_on_a_linear_model():
+    "∂y/∂B_n = v_n w, so α = mean(v)·w and the map is ReLU(mean(v) · B_n·w): known in closed form."
+    torch.manual_seed(1)
+    v, w, W, x = torch.tensor([0., 3., 1., 0.]), torch.tensor([1., 2., -1.]), torch.randn(3, 3), torch.randn(1, 5, 3)
+    model = _LinearReadout(v, w, W)
+    out, ex = explained_forward(model, x, vision_block(model))
+    B = x[0, 1:] @ W.T
+    want = torch.relu(v.mean() * (B @ w))
+    np.testing.assert_allclose(ex.gradcam, normalise_map(want.reshape(2, 2).numpy()), atol=1e-6)
+    assert ex.score == pytest.approx(float(out.logits_bin[0, 1] - out.logits_bin[0, 0]), abs=1e-6)
+    assert ex.attention is None                                             # no localiser on this model
+
+
+def test_explain_keeps_the_answer(random_predictor):
+    "explain=True gives the same prediction, plus maps on the method's patch grid."
+    img = _image(120, 90, seed=5)
+    a = random_predictor.predict(img, "Angela Merkel meets students in Paris", faces=[(20, 10, 60, 70)])
+    b = random_predictor.predict(img, "Angela Merkel meets students in Paris", faces=[(20, 10, 60, 70)], explain=True)
+    assert a.explanation is None and b.explanation is not None
+    assert b.p_fake == pytest.approx(a.p_fake, abs=1e-5) and b.types == a.types and b.word_fake == a.word_fake
+    np.testing.assert_allclose(b.box, a.box, atol=1e-3)
+    g = random_predictor.needs.image_res // random_predictor.task.cfg.vision.patch_size
+    assert b.explanation.gradcam.shape == (g, g) and b.explanation.gradcam.max() == pytest.approx(1.0)
+    assert b.explanation.attention.shape == (g, g) and b.explanation.attention.sum() == pytest.approx(1.0, abs=1e-5)
+    assert b.explanation.score == pytest.approx(np.log(b.p_fake / (1 - b.p_fake)), abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["hammer", "asap"])
+def test_query_attention_is_the_localisers(method, tok):
+    "The attention map is that of `cls_token_local` over the patches the aggregator really reads (recomputed by hand)."
+    torch.manual_seed(0)
+    task = build_task(ExperimentSpec(method))
+    pred = DGM4Predictor(method, task, task.build_model(), tokenizer=tok, face_detector=FixedFaces([]))
+    img = _image(100, 100, seed=2)
+    p = pred.predict(img, "a man at a rally in London", faces=[], explain=True)
+    m, batch = pred.model, prediction_batch(pred, img, "a man at a rally in London")
+    loc = m.localizer
+    with torch.no_grad():
+        image = m.visual_encoder(batch.image)
+        text = m.text_encoder.encode_text(batch.input_ids, batch.attention_mask)
+        tokens = loc.it_cross_attn(image, text, batch.attention_mask == 0, loc.norm_layer_it_cross_atten)
+        k, q = loc.norm_layer_aggr(tokens[:, 1:]), loc.norm_layer_aggr(loc.cls_token_local)
+        w = loc.aggregator(q, k, k, need_weights=True)[1][0, 0]
+    np.testing.assert_allclose(p.explanation.attention, w.reshape(p.explanation.attention.shape).numpy(), atol=1e-6)
+
+
+def test_forgerytalker_reads_face_crops():
+    "One explanation per face crop (largest faces, left to right); masks placed back into the photo."
+    calls = []
+    def explain(model, image):
+        calls.append(image.size)
+        return {"regions": ["eye"], "region_probs": {"eye": 0.6}, "mask": np.ones((8, 8), bool), "explanation": "eye"}
+    pred = ForgeryTalkerPredictor(object(), explain, max_faces=2)
+    fts = pred.predict_faces(_image(200, 100), [(150, 10, 190, 60), (10, 10, 30, 30), (60, 20, 110, 70)])
+    assert [f.crop for f in fts] == [face_crop_box((60, 20, 110, 70), (200, 100)), face_crop_box((150, 10, 190, 60), (200, 100))]
+    assert calls == [(75, 75), (75, 75)]                                    # 1.5 x the longest side (50)
+    for f in fts:
+        x1, y1, x2, y2 = f.crop
+        assert f.mask.shape == (100, 200) and f.mask[y1:y2, x1:x2].all() and f.mask.sum() == (x2 - x1) * (y2 - y1)
+
+
+def test_explain_refuses_the_loader_tuple():
+    "Issue 15: the demo passed load_forgerytalker's (model, llm_tokenizer, qformer_tokenizer) as the model."
+    from forgrepro.predict import explain
+    with pytest.raises(TypeError, match="load_forgerytalker returns"):
+        explain((torch.nn.Linear(1, 1), None, None), _image())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -20,30 +21,115 @@ TINY_DGM4 = dict(n_train=16, n_val=8, n_test=16)
 
 
 # ---------------------------------------------------------------- golden rendering
+KEYS = ["AUC", "EER", "ACC", "mAP", "CF1", "OF1", "IoUmean", "IoU50", "IoU75", "Precision", "Recall", "F1",
+        "PLM", "fpn_PLM", "region_F1", "CIDEr", "BLEU-4", "IoU", "distinct_explanations"]
+SUBSETS = ("", "image/", "text/", "joint/", "face_swap/")
+
+
+def fake_run(i: int, shift: float = 0.0) -> dict[str, float | None]:
+    "Metrics of the i-th run: 10 + 5 i + subset index + 0.05 x key index (+ shift): every run, subset and key distinct."
+    flat = {f"{s}{k}": 10.0 + 5 * i + si + 0.05 * j + shift for si, s in enumerate(SUBSETS) for j, k in enumerate(KEYS)}
+    flat["IoU75"] = None                                            # a null metric ...
+    del flat["OF1"]                                                 # ... and a missing one
+    return flat
+
+
 def fake_metrics() -> dict[str, dict[str, float | None]]:
-    "Fixed metrics for every run: value = 50 + index of the metric key, one metric missing, one null."
-    keys = ["AUC", "EER", "ACC", "mAP", "CF1", "OF1", "IoUmean", "IoU50", "IoU75", "Precision", "Recall", "F1",
-            "PLM", "fpn_PLM", "region_F1", "CIDEr", "BLEU-4", "IoU", "distinct_explanations"]
-    flat = {k: 50.0 + i for i, k in enumerate(keys)}
-    flat |= {f"{s}/{k}": 40.0 + i for s in ("image", "text", "joint", "face_swap") for i, k in enumerate(keys)}
-    flat["IoU75"] = None
-    del flat["OF1"]
+    "Fixed metrics for every run of the plan (`fake_run` by plan index); one run never finished."
     _, runs = repro.plan()
-    return {r: flat for r in runs if r != "asap_no_hard_negatives"}  # one run never finished
+    return {r: fake_run(i) for i, r in enumerate(runs) if r != "asap_no_hard_negatives"}
+
+
+def fake_seed_metrics() -> dict[str, repro.SeedRuns]:
+    """Three seeds per run: the run's pattern moved by a per-run, per-seed offset, so that some differences between rows
+    are within the seed spread and some are not; one run has only seeds 0 and 1."""
+    _, runs = repro.plan()
+    shift = lambda i, s: [0.0, 3.0 * (i % 3 + 1), -2.0 * (i % 2 + 1)][s]
+    out = {r: repro.SeedRuns({s: fake_run(i, shift(i, s)) for s in (0, 1, 2)})
+           for i, r in enumerate(runs) if r != "asap_no_hard_negatives"}
+    del out["asap_ladder_lma_mgca"][2]
+    return out
+
+
+def fake_baselines() -> dict[str, dict[str, dict[str, float | None]]]:
+    "Input-blind rows per test split: 1 + subset index + 0.01 x key index (+ 0.5 for the second), one undefined metric."
+    def one(shift):
+        m = {f"{s}{k}": 1.0 + si + 0.01 * j + shift for si, s in enumerate(SUBSETS) for j, k in enumerate(KEYS)}
+        return m | {"F1": None, "CIDEr": float("nan")}
+    return {"dgm4": {"constant": one(0.0), "zero box": one(0.5)}, "mmtt": {"best constant explanation": one(0.25)}}
+
+
+def render_to(tmp_path, tables, metrics, baselines=None) -> Path:
+    out = tmp_path / "out"
+    runs = {r for t in tables for r in t.runs}
+    repro.render_reports(tables, metrics, out, run_dirs={r: Path("/x/runs") / r for r in runs}, synthetic=True,
+                         baselines=baselines)
+    return out
+
+
+def check_golden(got: str, name: str, tmp_path) -> None:
+    got = got.replace(os.path.relpath("/x/runs", tmp_path / "out"), "RUNS")  # links relative to a tmp folder
+    gold = GOLDEN / name
+    if os.environ.get("FORGREPRO_REGEN_GOLDEN"): gold.write_text(got)
+    assert got == gold.read_text(), f"{name} differs from {gold} (FORGREPRO_REGEN_GOLDEN=1 regenerates)"
 
 
 @pytest.mark.parametrize("table", ["hammer_t2", "hammer_t3", "asap_types", "forgerytalker_fpn"])
 def test_golden_tables(table, tmp_path):
+    "One seed, input-blind rows (hammer_t2/t3, forgerytalker_fpn) or per-row chance lines (asap_types)."
+    out = render_to(tmp_path, [repro.load_tables()[table]], fake_metrics(), fake_baselines())
+    for ext in ("md", "csv", "tex"): check_golden((out / f"{table}.{ext}").read_text(), f"{table}.{ext}", tmp_path)
+
+
+def test_golden_seed_tables(tmp_path):
+    "Three seeds: mean ± sd cells, the ladder's Δ vs the previous row (≈ where within the spread), and seed_spread.md."
+    t = repro.load_tables()["asap_modules"]
+    out = render_to(tmp_path, [t], fake_seed_metrics(), fake_baselines())
+    for ext in ("md", "csv", "tex"): check_golden((out / f"asap_modules.{ext}").read_text(), f"asap_modules_seeds.{ext}", tmp_path)
+    _, runs = repro.plan()
+    kinds = {r: (repro.load_row(r).method, "mmtt" if r.startswith("forgerytalker") else "dgm4") for r in runs}
+    md, cs = repro.render_seed_spread(fake_seed_metrics(), kinds, header="HEADER")
+    check_golden(md, "seed_spread.md", tmp_path)
+    check_golden(cs, "seed_spread.csv", tmp_path)
+
+
+def md_lines(md: str) -> dict[tuple[str, str], list[str]]:
+    "{(row label, line kind): cells} of a rendered Markdown table (a block's label carried to its ours/Δ lines)."
+    out, label = {}, ""
+    for line in md.splitlines():
+        if not line.startswith("| ") or line.startswith("| Method"): continue
+        cells = [c.strip() for c in line.strip()[1:-1].split(" | ")]
+        label = cells[0] or label
+        out[(label, re.sub(r" \(\[run\].*", "", cells[1]))] = cells[2:]
+    return out
+
+
+@pytest.mark.parametrize("table", ["hammer_t2", "asap_modules", "asap_types", "forgerytalker_fpn", "m4blip_localglobal"])
+def test_each_value_lands_on_its_row(table, tmp_path):
+    "Every row's ours line shows its own run's value under its own key (a value on the wrong row or column fails)."
     t = repro.load_tables()[table]
-    runs = {r: tmp_path.parent / "runs" / r for r in t.runs}
-    repro.render_reports([t], fake_metrics(), tmp_path / "out", run_dirs={r: Path("/x/runs") / r for r in t.runs},
-                         synthetic=True)
-    for ext in ("md", "csv", "tex"):
-        got = (tmp_path / "out" / f"{table}.{ext}").read_text()
-        got = got.replace(os.path.relpath("/x/runs", tmp_path / "out"), "RUNS")  # links relative to a tmp folder
-        gold = GOLDEN / f"{table}.{ext}"
-        if os.environ.get("FORGREPRO_REGEN_GOLDEN"): gold.write_text(got)
-        assert got == gold.read_text(), f"{table}.{ext} differs from {gold} (FORGREPRO_REGEN_GOLDEN=1 regenerates)"
+    for metrics in (fake_metrics(), fake_seed_metrics()):
+        out = render_to(tmp_path, [t], metrics, fake_baselines())
+        lines = md_lines((out / f"{table}.md").read_text())
+        for r in t.rows:
+            if r.run is None or r.run not in metrics: continue
+            runs = repro.per_seed(metrics[r.run])
+            want = []
+            for m in t.metrics:
+                vals = [v[r.key(m)] for v in runs.values() if v.get(r.key(m)) is not None]
+                mean, sd, _ = repro.seed_stats(vals)
+                want.append("missing metric" if r.key(m) not in next(iter(runs.values())) else
+                            "—" if mean is None else f"{mean:.2f}" + (f" ± {sd:.2f}" if sd is not None else ""))
+            got = [re.sub(r" \(n=\d\)$", "", c) for c in lines[(r.label, "ours")]]    # (n=2): fewer seeds than others
+            assert got == want, (table, r.label)
+            if r.ref:                                                   # the Δ vs its reference row, paired by seed
+                ref = t.row(r.ref)
+                got = lines[(r.label, f"Δ vs {ref.label}")]
+                for m, cell in zip(t.metrics, got):
+                    mine, theirs = repro.per_seed(metrics[r.run]), repro.per_seed(metrics[ref.run])
+                    d = [mine[s][r.key(m)] - theirs[s][ref.key(m)] for s in mine if s in theirs
+                         and mine[s].get(r.key(m)) is not None and theirs[s].get(ref.key(m)) is not None]
+                    if d: assert cell.startswith(f"{sum(d) / len(d):+.2f}"), (table, r.label, m, cell)
 
 
 def test_every_published_number_is_rendered(tmp_path):
@@ -54,12 +140,21 @@ def test_every_published_number_is_rendered(tmp_path):
     shown = set()
     for t in tables:
         for r in csv.DictReader(io.StringIO((tmp_path / f"{t}.csv").read_text())):
-            if r["paper"] != repro.NOT_PUBLISHED: shown.add((t, r["metric"], float(r["paper"])))
-    want = {(t, m, v.value) for (t, _, m), v in paper.items()}
-    assert want <= shown
+            if r["paper"] != repro.NOT_PUBLISHED: shown.add((t, r["row"], r["metric"], float(r["paper"])))
+    want = {(t, tables[t].row(row).label, m, v.value) for (t, row, m), v in paper.items()}
+    assert want <= shown                                                # on its own row and column
     assert "Synthetic" not in (tmp_path / "hammer_t2.md").read_text()   # the banner is for synthetic data only
-    asap = (tmp_path / "asap_main.md").read_text()
-    assert "94.38‡" in asap and "93.19 |" in asap                      # unreliable ASAP value flagged, HAMMER's not
+    asap = md_lines((tmp_path / "asap_main.md").read_text())
+    # ASAP's main table as printed: its HAMMER row (not HAMMER's own 93.19), DGM4-baseline, MFCLIP; all flagged ‡
+    assert asap[("HAMMER", "paper")][:4] == ["93.09‡", NA, "86.42‡", "87.20‡"] and asap[("ASAP", "paper")][0] == "94.38‡"
+    assert asap[("DGM4-baseline", "paper")][0] == "91.56‡" and asap[("MFCLIP", "paper")][-1] == "71.68‡"
+    assert asap[("MFCLIP", "ours")][0] == repro.NOT_REPRODUCED
+    fpn = md_lines((tmp_path / "forgerytalker_fpn.md").read_text())
+    assert fpn[("FPN alone", "paper")][0] == "41.00† [v1]" and fpn[("with FPN prompts (full)", "paper")][0] == "39.16† [v2]"
+    assert "[v1] arXiv 2412.19685v1" in (tmp_path / "forgerytalker_fpn.md").read_text()
+
+
+NA = repro.NOT_PUBLISHED
 
 
 # ---------------------------------------------------------------- stacking and parameter cells
@@ -133,11 +228,16 @@ def test_reproduce_writes_run_folders_and_tables(e2e):
     params = repro.load_yaml(run / "params.yaml")
     assert params["max_steps"] == 2 and params["method"] == "hammer"
     md = (d / "reports" / "synthetic" / "tiny" / "hammer_t2.md").read_text()
-    auc = json.loads((run / "metrics.json").read_text())["AUC"]
-    assert f"| {auc:.2f} |" in md and "Synthetic data" in md and "(../../../runs/synthetic/tiny/hammer)" in md
-    t4 = (d / "reports" / "synthetic" / "tiny" / "hammer_t4.md").read_text()
-    text_auc = json.loads((run / "metrics.json").read_text())["text/AUC"]
-    assert f"| {text_auc:.2f} |" in t4
+    m = json.loads((run / "metrics.json").read_text())
+    assert md_lines(md)[("HAMMER", "ours")][:3] == [f"{m[k]:.2f}" for k in ("AUC", "EER", "ACC")]   # on HAMMER's row
+    assert "Synthetic data" in md and "(../../../runs/synthetic/tiny/hammer)" in md
+    t4 = md_lines((d / "reports" / "synthetic" / "tiny" / "hammer_t4.md").read_text())
+    assert t4[("HAMMER", "ours")][0] == f"{m['text/AUC']:.2f}" and t4[("BERT", "ours")][0] == repro.NOT_REPRODUCED
+    # chance level in place: the input-blind rows, on the text subset in Table 4
+    blind = json.loads((d / "runs" / "synthetic" / "tiny" / "_baselines" / "dgm4.json").read_text())["baselines"]
+    assert t4[("all tokens fake", "input-blind")][-1] == f"{blind['all_tokens_fake']['metrics']['text/F1']:.2f}"
+    assert (d / "reports" / "synthetic" / "tiny" / "trivial_baselines.md").is_file()
+    assert "(trivial_baselines.md)" in (d / "reports" / "synthetic" / "tiny" / "README.md").read_text()
     assert (d / "reports" / "synthetic" / "tiny" / "figures" / "roc_per_method.png").is_file()
     assert (d / "reports" / "synthetic" / "tiny" / "README.md").is_file()
 
@@ -151,6 +251,41 @@ def test_rerun_is_cached_and_force_reruns(e2e):
     assert (run / "metrics.json").stat().st_mtime_ns == stamp
     forced = repro.reproduce(["hammer_t3"], figures=False, force=True, **kw)
     assert forced["ran"] == ["hammer"] and (run / "metrics.json").stat().st_mtime_ns != stamp
+
+
+def test_seeds_mean_sd_spread_and_baselines(e2e):
+    "Two seeds: seed 0 reuses the single-seed run, seed 1 runs in seed1/; cells mean ± sample sd; seed_spread.md; chance rows."
+    import csv, io, statistics
+    from forgrepro import baselines as B
+    d, kw, _ = e2e
+    res = repro.reproduce(["hammer_t2"], seeds=[0, 1], figures=False, **kw)
+    assert res["skipped"] == ["hammer/seed0"] and res["ran"] == ["hammer/seed1"] and not res["failed"], res
+    runs, out = d / "runs" / "synthetic" / "tiny", d / "reports" / "synthetic" / "tiny"
+    m0, m1 = (json.loads((runs / f / "metrics.json").read_text()) for f in ("hammer", "seed1/hammer"))
+    assert repro.load_yaml(runs / "seed1" / "hammer" / "params.yaml")["seed"] == 1
+    assert (m0["AUC"], m0["ACC"], m0["IoUmean"]) != (m1["AUC"], m1["ACC"], m1["IoUmean"])    # another seed, another model
+    t2 = repro.load_tables()["hammer_t2"]
+    lines = md_lines((out / "hammer_t2.md").read_text())
+    want = [("—" if m0[k] is None else f"{statistics.mean([m0[k], m1[k]]):.2f} ± {statistics.stdev([m0[k], m1[k]]):.2f}")
+            for k in t2.metrics]
+    assert lines[("HAMMER", "ours")] == want
+    rows = [r for r in csv.DictReader(io.StringIO((out / "hammer_t2.csv").read_text())) if r["row"] == "HAMMER"]
+    assert (rows[0]["metric"], rows[0]["ours_n"], rows[0]["ours_seeds"]) == ("AUC", "2", f"0:{m0['AUC']:.4f};1:{m1['AUC']:.4f}")
+    # the input-blind rows are forgrepro.baselines on the same test split
+    root = repro.synthetic_dataset("dgm4", cache_dir=d / "cache", generator_overrides=TINY_DGM4)
+    b = B.dgm4_baselines(B.dgm4_targets(root, "train"), B.dgm4_targets(root, "test"))
+    for name, label in B.DGM4_BASELINES.items():
+        assert lines[(label, "input-blind")] == ["—" if b[name][k] != b[name][k] else f"{b[name][k]:.2f}" for k in t2.metrics]
+    spread = (out / "seed_spread.md").read_text()
+    assert "`forgrepro reproduce hammer_t2 --data synthetic" in spread and "--seeds 0 1`" in spread
+    assert "1 runs trained, 1 reused" in spread and "| hammer | 2 |" in spread
+    cs = list(csv.DictReader(io.StringIO((out / "seed_spread.csv").read_text())))
+    assert [(r["seed"], float(r["value"])) for r in cs if r["metric"] == "AUC"] == [("0", round(m0["AUC"], 4)), ("1", round(m1["AUC"], 4))]
+    trivial = (out / "trivial_baselines.md").read_text()
+    assert f"| hammer | AUC | {statistics.mean([m0['AUC'], m1['AUC']]):.2f} ± " in trivial
+    assert "(seed_spread.md)" in (out / "README.md").read_text()
+    again = repro.reproduce(["hammer_t2"], seeds=[0, 1], figures=False, **kw)    # every seed cached
+    assert again["ran"] == [] and sorted(again["skipped"]) == ["hammer/seed0", "hammer/seed1"]
 
 
 def test_parameter_injection_changes_the_result(e2e, tmp_path):

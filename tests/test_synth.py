@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from forgrepro.data.render import REGIONS, to_uint8
+from forgrepro.data.render_face import REGIONS
+from forgrepro.data.render_photo import to_uint8
 from forgrepro.data.synth_dgm4 import (FAKE_CLS, class_counts, has_face_attribute, has_face_swap, has_text_attribute,
                                        has_text_swap, make_person_pool, make_synth_dgm4, plan_item, render_item_images)
 from forgrepro.data.synth_mmtt import (ARTIFACTS, FACIAL_SYNONYMS, KINDS, RegionEdit, caption_to_multilabel,
