@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import uuid
 import warnings
@@ -350,10 +351,12 @@ def convert_torch_checkpoint_to_safetensors(src: str | os.PathLike,  # a torch.s
     "Explicit, opt-in conversion of a pickled torch checkpoint to safetensors using the restricted unpickler."
     src, dst = Path(src), Path(dst)
     try: obj = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{src}: torch.load(weights_only=True) refused or failed ({type(e).__name__}: {e}). "
-                              "The file holds objects beyond tensors and plain containers; inspect it in a trusted "
-                              "environment rather than unpickling it here.") from e
+    except Exception as e:   # torch's message: several lines with terminal colour codes; its first line says what failed
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+        raise CheckpointError(f"{src}: torch.load(weights_only=True) refused or failed ({type(e).__name__}: "
+                              f"{first[0] if first else ''}). A truncated or corrupt file, or one that holds objects "
+                              "beyond tensors and plain containers: inspect it in a trusted environment rather than "
+                              "unpickling it here.") from e
     if not isinstance(obj, Mapping): raise CheckpointError(f"{src}: expected a dict, found {type(obj).__name__}")
     if key is not None and key in obj: obj = obj[key]
     elif key is not None and not all(isinstance(v, Tensor) for v in obj.values()):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -22,8 +23,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['seed_everything', 'default_device', 'DataError', 'Issue', 'IssueReport', 'handle_error', 'override', 'config_to_dict',
-           'save_json', 'load_json', 'git_sha', 'env_record', 'local_weights']
+__all__ = ['seed_everything', 'default_device', 'DataError', 'Issue', 'IssueReport', 'handle_error', 'error_summary', 'override',
+           'config_to_dict', 'save_json', 'load_json', 'sha256_file', 'git_sha', 'env_record', 'local_weights']
 
 # %% ../nbs/00_core.ipynb #25a3049b
 def seed_everything(seed: int,  # seed for python, numpy and torch (all devices)
@@ -107,6 +108,22 @@ def handle_error(err: DataError, strict: bool, report: IssueReport | None) -> No
     if report is None: raise ValueError("skip-and-report mode needs an IssueReport") from err
     report.skip(err)
 
+# %% ../nbs/00_core.ipynb #32f62d7d
+def error_summary(err: BaseException,  # any exception, including papermill's `PapermillExecutionError`
+                  limit: int = 1000,  # longest summary returned
+                 ) -> str:
+    "'Type: message' of `err`; for an error raised inside an executed notebook, the notebook's own exception."
+    ename, evalue = getattr(err, "ename", None), getattr(err, "evalue", None)
+    if ename is not None:   # papermill: its own str() is a traceback that starts with a blank line
+        text = f"{ename}: {evalue}".strip()
+        cell = getattr(err, "exec_count", None)
+        text += f" (raised in cell [{cell}] of the executed notebook)" if cell is not None else ""
+    else:
+        lines = [l for l in str(err).splitlines() if l.strip()]
+        text = f"{type(err).__name__}: {lines[0].strip()}" if lines else type(err).__name__
+        if len(lines) > 1: text += f" (+{len(lines) - 1} more lines)"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
 # %% ../nbs/00_core.ipynb #08b38c30
 def override(cfg, overrides: Mapping[str, Any] | None = None, **kwargs):
     "Copy of frozen dataclass `cfg` with dotted-key overrides applied, e.g. `{'text.num_layers': 2}`."
@@ -170,6 +187,13 @@ def _json_default(o):
     if is_dataclass(o): return config_to_dict(o)
     if isinstance(o, (set, frozenset)): return sorted(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+    "SHA-256 of a file's bytes (read in chunks: model weights can be tens of GB)."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk): h.update(b)
+    return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #f8cd2020
 def git_sha(path: str | os.PathLike = ".") -> str | None:

@@ -20,12 +20,13 @@ from torch.utils.data import DataLoader
 
 from .core import IssueReport, load_json, override, save_json
 from .task import Task
-from .train import TrainConfig, fit, forgerytalker_train_config, tiny_train_config, TRAIN_PRESETS
+from .train import TrainConfig, batch_plan, fit, forgerytalker_train_config, tiny_train_config, world_size, TRAIN_PRESETS
 
 # %% auto #0
 __all__ = ['TINY_DGM4_OVERRIDES', 'TINY_M4BLIP_OVERRIDES', 'HAMMER_ABLATIONS', 'METHODS', 'DataNeeds', 'MethodSpec',
            'tiny_dgm4_train_config', 'method_spec', 'ExperimentSpec', 'data_fingerprint', 'dgm4_loaders', 'build_task',
-           'run_experiment', 'load_trained', 'forgerytalker_train_configs', 'forgerytalker_run', 'load_forgerytalker']
+           'bare_model', 'run_experiment', 'load_trained', 'forgerytalker_train_configs', 'forgerytalker_run',
+           'forgerytalker_test', 'forgerytalker_config', 'load_forgerytalker']
 
 # %% ../nbs/51_experiment.ipynb #644d32e0
 @dataclass(frozen=True)
@@ -211,7 +212,9 @@ def dgm4_loaders(root: str | os.PathLike,  # folder containing DGM4/
         def build() -> DataLoader:
             ds = DGM4Dataset(root, split, image_res=needs.image_res, train=train, strict=strict, report=report,
                              face_size=needs.face_size, max_faces=needs.max_faces,
-                             aux_texts=_aux_texts(root, split, aux_dir) if needs.aux_texts else None)
+                             # ASAP dataset.py reads its aux files for training only (val/test: empty dicts) and
+                             # the model uses them only in training mode: evaluation needs none
+                             aux_texts=_aux_texts(root, split, aux_dir) if needs.aux_texts and train else None)
             return DataLoader(ds, batch_size=bs, shuffle=False, collate_fn=collate, num_workers=num_workers)
         return build
     return {"train": make("train", True, batch_size), "val": make("val", False, eval_batch_size),
@@ -229,6 +232,23 @@ def build_task(spec: ExperimentSpec,
     m = method_spec(spec.method)
     if m.make_task is None: raise TypeError(f"{spec.method} is trained by its own pipeline (see run_experiment)")
     return m.make_task(spec.scale, spec.model_overrides() if model_overrides is None else model_overrides)
+
+def bare_model(method: str,  # 'hammer' | 'asap' | 'm4blip'
+               cfg,  # the method's config (`build_task(...).cfg`)
+              ) -> nn.Module:
+    "A DGM4 method's model from its config alone: random init, no pretrained weights loaded (they come next, or never: meta)."
+    if method == "hammer":
+        from forgrepro.methods.hammer import build_hammer
+        return build_hammer(cfg)
+    if method == "asap":
+        from forgrepro.methods.asap import build_asap
+        return build_asap(cfg)
+    if method == "m4blip":
+        from forgrepro.methods.m4blip import build_m4blip
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*RANDOMLY.*")   # the caller loads the weights (or plans on meta)
+            return build_m4blip(cfg)
+    raise KeyError(f"bare_model: {method!r} is not a DGM4 method (hammer, asap, m4blip)")
 
 def run_experiment(spec: ExperimentSpec,  # what to run
                    data_root: str | os.PathLike,  # dataset folder (DGM4/ or MMTT layout)
@@ -263,6 +283,11 @@ def _run_dgm4(spec, data_root, run_dir, record, *, aux_dir, strict, force) -> di
     from forgrepro.evaluate import evaluate, write_metrics
     task = build_task(spec)
     cfg = spec.train_config(run_dir / "train")
+    plan = batch_plan(cfg, world_size())   # the published global batch on this launch's processes (fit applies it)
+    if plan.grad_accum > 1 and hasattr(task.cfg, "momentum"):
+        # DEVIATION: with accumulation the model's forward (and its teacher EMA) runs once per micro-batch; momentum
+        # m^(1/A) per micro-batch gives the teacher exactly one official update with m per optimiser step.
+        task.cfg = replace(task.cfg, momentum=task.cfg.momentum ** (1.0 / plan.grad_accum))
     report = IssueReport()
     loaders = dgm4_loaders(data_root, method_spec(spec.method).data_needs(task), cfg.batch_size, aux_dir=aux_dir,
                            strict=strict, report=report, num_workers=cfg.num_workers)
@@ -399,10 +424,31 @@ def forgerytalker_run(data_root: str | os.PathLike,  # MMTT-format folder (annot
               (lambda: _mmtt_loader(ds("eval"), 32, False)) if validate else None, tcfg, resume=True)
     model = res.model
     if validate: load_checkpoint(_weights_dir(out / "stage2"), model)
-    # generation + evaluation on the test split
-    task = ForgeryTalkerTask(cfg, llm_tokenizer=ltok, qformer_tokenizer=qtok, caption_metrics=caption_metrics)
+    return forgerytalker_test(model, cfg, ltok, qtok, root, out, caption_metrics=caption_metrics)   # generation + metrics
+
+def forgerytalker_test(model: nn.Module,  # a ForgeryTalker (eval mode is set here)
+                       cfg,  # its `ForgeryTalkerConfig` (prompts, image size)
+                       llm_tokenizer, qformer_tokenizer,
+                       data_root: str | os.PathLike,  # MMTT-format folder
+                       out_dir: str | os.PathLike,  # receives metrics.json, env.json, predictions.json, region_predictions.npz
+                       *,
+                       split: str = "test",
+                       batch_size: int = 32,  # generation batch
+                       caption_metrics: Callable | None = None,  # caption scorer (default: official pycocoevalcap)
+                       mixed_precision: str = "auto",  # `forgrepro.evaluate.evaluate`'s setting
+                       max_batches: int | None = None,  # smoke runs: stop after this many batches
+                       extra_env: Mapping | None = None,  # more provenance for env.json
+                      ) -> dict[str, float | None]:
+    "Beam-search explanations and masks on `split`, scored with the official text and mask metrics; flat `metrics.json`."
+    import numpy as np
+    from forgrepro.data.mmtt import REGIONS, MMTTDataset
+    from forgrepro.evaluate import evaluate, write_metrics
+    from forgrepro.methods.forgerytalker import ForgeryTalkerTask
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    task = ForgeryTalkerTask(cfg, llm_tokenizer=llm_tokenizer, qformer_tokenizer=qformer_tokenizer, caption_metrics=caption_metrics)
     ev = task.evaluator()
-    m = evaluate(model, ev, _mmtt_loader(ds("test"), 32, False))
+    ds = MMTTDataset(Path(data_root), split, image_size=cfg.vision.image_size, train=False, generator=torch.Generator().manual_seed(0))
+    m = evaluate(model, ev, _mmtt_loader(ds, batch_size, False), mixed_precision=mixed_precision, max_batches=max_batches)
     save_json({str(k): v for k, v in ev.predictions.items()}, out / "predictions.json")     # generated explanations
     if ev.fpn_pred:   # the FPN's test-set regions, for the region-prompt confusion figure
         np.savez(out / "region_predictions.npz", pred=torch.cat(ev.fpn_pred).numpy(), gt=torch.cat(ev.fpn_gt).numpy(),
@@ -415,7 +461,7 @@ def forgerytalker_run(data_root: str | os.PathLike,  # MMTT-format folder (annot
     metrics: dict[str, float | None] = {k: None if v is None or v != v else v for k, v in ordered.items()}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="metric .* is nan")  # unavailable metrics are written as null
-        write_metrics({k: (float("nan") if v is None else v) for k, v in metrics.items()}, out)
+        write_metrics({k: (float("nan") if v is None else v) for k, v in metrics.items()}, out, extra=extra_env)
     return metrics
 
 # `model_config.json` of runs written before ForgeryTalker shared the vision / Q-Former configs (`EvaViTConfig`,
@@ -433,16 +479,23 @@ def _current_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
     "Flat ForgeryTalker config keys with the legacy names mapped onto the current ones (and the later keys filled)."
     return _FT_ADDED_KEYS | {new: v for k, v in flat.items() for new in _FT_LEGACY_KEYS.get(k, (k,))}
 
+def forgerytalker_config(run_dir: str | os.PathLike,  # a `forgerytalker_run` folder, or a model_config.json-style file
+                        ):
+    "The `ForgeryTalkerConfig` a run was trained with (its `model_config.json`), set to take every tensor from `stage2/`."
+    from forgrepro.methods.forgerytalker import ForgeryTalkerConfig
+    f = Path(run_dir) if Path(run_dir).suffix == ".json" else Path(run_dir) / "model_config.json"
+    if not f.is_file(): raise FileNotFoundError(f"{f}: not a ForgeryTalker run folder (written by forgerytalker_run) or config file")
+    cfg = override(ForgeryTalkerConfig(), _current_keys(json.loads(f.read_text())))
+    return replace(cfg, pretrained=False, fpn_weights=None)  # every tensor comes from the stage-2 checkpoint
+
 def load_forgerytalker(run_dir: str | os.PathLike,  # a `forgerytalker_run` folder
                       ) -> tuple[nn.Module, Any, Any]:
     "(model in eval mode, LLM tokenizer, Q-Former tokenizer) of a finished run (stage-2 `best/`, else `last/`)."
     from forgrepro.checkpoint import load_checkpoint
     from forgrepro.data.prompts import load_llm_tokenizer, load_qformer_tokenizer
-    from forgrepro.methods.forgerytalker import ForgeryTalkerConfig, build_forgerytalker
+    from forgrepro.methods.forgerytalker import build_forgerytalker
     run_dir = Path(run_dir)
-    flat = json.loads((run_dir / "model_config.json").read_text())
-    cfg = override(ForgeryTalkerConfig(), _current_keys(flat))
-    cfg = replace(cfg, pretrained=False, fpn_weights=None)  # every tensor comes from the stage-2 checkpoint
+    cfg = forgerytalker_config(run_dir)
     ltok, qtok = load_llm_tokenizer(cfg.llm_tokenizer), load_qformer_tokenizer(cfg.qformer_tokenizer)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*RANDOMLY.*")  # the FPN is loaded right below

@@ -23,19 +23,19 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from .core import env_record, git_sha, load_json, save_json
+from .core import env_record, error_summary, git_sha, load_json, save_json
 
 # %% auto #0
-__all__ = ['SCALES', 'ROW_META', 'DATASETS', 'NOT_PUBLISHED', 'NOT_REPRODUCED', 'INPUT_BLIND', 'INPUT_BLIND_BEST',
-           'SPREAD_FACTOR', 'SYNTHETIC_BANNER', 'CSV_FIELDS', 'TRAIN_SCALARS', 'CACHE_IGNORED', 'TINY_ROW_SECONDS',
-           'HEADLINE_METRICS', 'SPREAD_METRICS', 'BASELINE_COLUMNS', 'BASELINES_DIR', 'REPRODUCIBILITY_NOTE',
-           'repo_root', 'load_yaml', 'stack_params', 'RowConfig', 'load_row', 'resolve_params', 'TableRow', 'TableDef',
-           'load_tables', 'PaperValue', 'load_paper_numbers', 'SeedRuns', 'per_seed', 'seed_stats', 'within_spread',
-           'table_cells', 'legend', 'render_markdown', 'render_latex', 'render_csv', 'default_cache_dir',
-           'synthetic_dataset', 'row_spec', 'save_dgm4_predictions', 'recipe_of', 'code_fingerprint', 'cache_key',
-           'is_cached', 'expected_seconds', 'kernel_name', 'execute_notebook', 'accelerate_command', 'run_row',
-           'seed_run_dir', 'trivial_baselines', 'baseline_rows', 'render_trivial_baselines', 'render_seed_spread',
-           'data_key', 'plan', 'render_reports', 'reproduce']
+__all__ = ['SCALES', 'ROW_META', 'DATASETS', 'NOT_PUBLISHED', 'NOT_REPRODUCED', 'INPUT_BLIND', 'INPUT_BLIND_BEST', 'RELEASED_DIR',
+           'RELEASED', 'SPREAD_FACTOR', 'SYNTHETIC_BANNER', 'CSV_FIELDS', 'TRAIN_SCALARS', 'CACHE_IGNORED',
+           'TINY_ROW_SECONDS', 'HEADLINE_METRICS', 'SPREAD_METRICS', 'BASELINE_COLUMNS', 'BASELINES_DIR',
+           'REPRODUCIBILITY_NOTE', 'repo_root', 'load_yaml', 'stack_params', 'RowConfig', 'load_row', 'resolve_params',
+           'TableRow', 'TableDef', 'load_tables', 'PaperValue', 'load_paper_numbers', 'SeedRuns', 'per_seed',
+           'seed_stats', 'within_spread', 'table_cells', 'legend', 'render_markdown', 'render_latex', 'render_csv',
+           'default_cache_dir', 'synthetic_dataset', 'row_spec', 'save_dgm4_predictions', 'recipe_of',
+           'code_fingerprint', 'cache_key', 'is_cached', 'expected_seconds', 'kernel_name', 'execute_notebook',
+           'accelerate_command', 'RowNotRun', 'run_row', 'seed_run_dir', 'trivial_baselines', 'baseline_rows',
+           'render_trivial_baselines', 'render_seed_spread', 'data_key', 'plan', 'render_reports', 'reproduce']
 
 # %% ../nbs/52_repro.ipynb #e3770d28
 def repo_root() -> Path:
@@ -218,6 +218,8 @@ NOT_PUBLISHED = "n/a (not published here)"
 NOT_REPRODUCED = "not reproduced"
 INPUT_BLIND = "input-blind"            # status of a baseline row's cells
 INPUT_BLIND_BEST = "input-blind best"  # status of a row's chance-level line (tables whose rows use several subsets)
+RELEASED_DIR = "released"          # runs/<data-key>/<scale>/released/<row>/: where `reproduce --weights` evaluates
+RELEASED = "released checkpoint, evaluated here"  # status/label of a row scored from published weights (`forgrepro evaluate`)
 SPREAD_FACTOR = 2.0                    # a Δ between rows is within the seed spread when |mean| <= 2 x sd of the Δ
 SYNTHETIC_BANNER = ("**Synthetic data — not comparable to the paper.** These numbers come from tiny models trained "
                     "for minutes on the built-in synthetic twin of the dataset; they check that the pipeline runs "
@@ -264,8 +266,9 @@ def table_cells(table: TableDef,
                 metrics: Mapping[str, Mapping],  # run id -> metrics.json, or a `SeedRuns` of them
                 *,
                 baselines: Mapping[str, Mapping[str, Mapping[str, float | None]]] | None = None,  # dataset -> {label: metrics}
+                released: Mapping[str, Mapping] | None = None,  # run id -> metrics of a released checkpoint evaluated here
                ) -> list[dict[str, Any]]:
-    "One record per (row, metric): paper value, ours (mean, sd, n over seeds), Δ, the Δ against the row's reference, and input-blind rows."
+    "One record per (row, metric): paper value, ours (mean, sd, n over seeds), Δ, the Δ against the row's reference, released-checkpoint and input-blind rows."
     cells, seeds_of = [], {}
     for r in table.rows:
         runs = per_seed(metrics.get(r.run)) if r.run else {}
@@ -291,6 +294,14 @@ def table_cells(table: TableDef,
         pr = paper.get((table.id, ref.paper_row, c["metric"]))
         c |= {"ref_row": ref.label, "ref_delta": mean, "ref_delta_sd": sd, "ref_n": n, "within_spread": within_spread(mean, sd),
               "paper_ref_delta": None if c["paper"] is None or pr is None else c["paper"] - pr.value}
+    for r in (r for r in table.rows if r.run and r.run in (released or {})):   # published weights, scored here
+        for metric in table.metrics:
+            pv, v = paper.get((table.id, r.paper_row, metric)), released[r.run].get(r.key(metric))
+            v = v if _real(v) else None
+            cells.append(_cell(table, r.label, metric, paper_row=r.paper_row, paper=None if pv is None else pv.value,
+                               verified=None if pv is None else pv.verified, ours=v, n=int(v is not None), status=RELEASED,
+                               run=f"{RELEASED_DIR}/{r.run}", metric_key=r.key(metric), source="" if pv is None else pv.source,
+                               delta=None if pv is None or v is None else v - pv.value))
     rows = (baselines or {}).get(table.dataset) or {}
     prefixes = list(dict.fromkeys(r.prefix for r in table.rows if r.run))
     if rows and len(prefixes) == 1:       # one test subset: each input-blind predictor is a row
@@ -324,7 +335,7 @@ def _paper_text(c: dict) -> str:
     return _fmt(c["paper"]) + _MARK.get(c["verified"], "") + (f" [{c['version']}]" if c.get("version") else "")
 
 def _ours_text(c: dict, n_max: int) -> str:
-    if c["status"] not in ("ok", INPUT_BLIND, INPUT_BLIND_BEST): return c["status"]
+    if c["status"] not in ("ok", INPUT_BLIND, INPUT_BLIND_BEST, RELEASED): return c["status"]
     if c["ours"] is None: return "—"
     s = _fmt(c["ours"]) + (f" ± {_fmt(c['sd'])}" if c["sd"] is not None else "")
     return s + (f" (n={c['n']})" if c["status"] == "ok" and n_max > 1 and c["n"] < n_max else "")
@@ -340,7 +351,8 @@ def _n_max(cells: list[dict]) -> int: return max([c["n"] for c in cells if c["st
 def _blocks(table: TableDef, cells: list[dict], links: Mapping[str, str]) -> list[list[tuple[str, str, list[str]]]]:
     "Per printed row a block of (row label, line kind, cell texts): paper / ours / Δ [/ Δ vs ref] [/ input-blind best]; then the input-blind rows."
     by: dict[tuple[str, str], list[dict]] = {}
-    for c in cells: by.setdefault((c["row"], "chance" if c["status"] == INPUT_BLIND_BEST else "row"), []).append(c)
+    kind = {INPUT_BLIND_BEST: "chance", RELEASED: "released"}
+    for c in cells: by.setdefault((c["row"], kind.get(c["status"], "row")), []).append(c)
     n_max, blocks = _n_max(cells), []
     for r in table.rows:
         cs = by[(r.label, "row")]
@@ -352,6 +364,10 @@ def _blocks(table: TableDef, cells: list[dict], links: Mapping[str, str]) -> lis
             lines += [("", "ours" + link, [_ours_text(c, n_max) for c in cs]),
                       ("", "Δ", ["—" if c["delta"] is None else f"{c['delta']:+.2f}" for c in cs])]
             if r.ref is not None: lines.append(("", f"Δ vs {table.row(r.ref).label}", [_ref_text(c) for c in cs]))
+            if (r.label, "released") in by:   # published weights scored here, beside the trained row
+                rel, link = by[(r.label, "released")], f"{RELEASED_DIR}/{r.run}"
+                lines += [("", RELEASED + (f" ([run]({links[link]}))" if link in links else ""), [_ours_text(c, 0) for c in rel]),
+                          ("", f"Δ ({RELEASED.split(',')[0]})", ["—" if c["delta"] is None else f"{c['delta']:+.2f}" for c in rel])]
             if (r.label, "chance") in by: lines.append(("", INPUT_BLIND_BEST, [_ours_text(c, 0) for c in by[(r.label, "chance")]]))
         blocks.append(lines)
     blind = list(dict.fromkeys(c["row"] for c in cells if c["status"] == INPUT_BLIND))
@@ -377,6 +393,10 @@ def legend(table: TableDef, cells: list[dict] | None = None) -> str:
                      f"≈ marks a difference within the seed spread (|mean| ≤ {SPREAD_FACTOR:g} × sd), which these seeds do "
                      "not support; (paper …) is the same difference in the paper. With one seed the spread is unknown "
                      "and nothing is marked (`forgrepro reproduce --seeds 0 1 2`).")
+    if any(c["status"] == RELEASED for c in cells):
+        parts.append(f"*{RELEASED}*: published weights (not trained here), converted once to safetensors and scored with "
+                     "`forgrepro evaluate` on this test split with the official test settings (fp32, the official test "
+                     "batch); Δ (released checkpoint) = that score − paper.")
     if any(c["status"] == INPUT_BLIND for c in cells):
         parts.append("Input-blind rows: predictors that ignore the input, scored with the official metric code on the "
                      "same test split (`trivial_baselines.md`); a row is above chance on a metric only where it beats "
@@ -453,7 +473,8 @@ def synthetic_dataset(kind: str,  # 'dgm4' | 'mmtt'
                       cfg_dir: str | os.PathLike | None = None,
                       generator_overrides: Mapping[str, Any] | None = None,  # e.g. smaller splits in tests
                       log: Callable[[str], None] = print,
-                     ) -> Path:
+                      generate: bool = True,  # False: None unless it was generated before (plans, dry runs)
+                     ) -> Path | None:
     "Root of the synthetic `kind` dataset (generated on first use; a `.done` marker makes reuse safe)."
     cfg_dir = Path(cfg_dir) if cfg_dir is not None else repo_root() / "configs"
     spec = load_yaml(cfg_dir / "data" / "synthetic.yaml")
@@ -465,6 +486,7 @@ def synthetic_dataset(kind: str,  # 'dgm4' | 'mmtt'
     out = Path(cache_dir or default_cache_dir()) / "synthetic" / f"{kind}-{_key({**params, 'generator': version})}"
     root = out / ("dataset" if kind == "mmtt" else "")
     if (out / ".done").is_file(): return root
+    if not generate: return None
     t0 = time.perf_counter()
     log(f"[forgrepro.repro] generating synth-{kind} {params} -> {out}")
     if kind == "dgm4":
@@ -605,6 +627,9 @@ def accelerate_command(params_file: str | os.PathLike, num_processes: int, devic
     elif device == "cpu": cmd.append("--cpu")
     return cmd + ["-m", "forgrepro.cli", "run-row", str(params_file)]
 
+class RowNotRun(Exception):
+    "A row that was not run on purpose (`--no-train` without a finished run): shown as not run, not an error."
+
 def run_row(params: Mapping[str, Any],  # resolved notebook parameters (data and run_dir set)
             *,
             force: bool = False,  # rerun even when cached
@@ -612,6 +637,7 @@ def run_row(params: Mapping[str, Any],  # resolved notebook parameters (data and
             num_processes: int = 1,  # accelerate processes
             notebook: str | os.PathLike | None = None,  # default nbs/experiments/train.ipynb
             kernel: str | None = None,
+            cached_only: bool = False,  # never train: a row without a finished run raises `RowNotRun`
            ) -> tuple[dict[str, float], bool]:
     "Run one row (or reuse it); returns (metrics, ran)."
     from forgrepro.experiment import data_fingerprint
@@ -620,6 +646,7 @@ def run_row(params: Mapping[str, Any],  # resolved notebook parameters (data and
     fp = data_fingerprint(data)
     key = cache_key(params, fp)
     if not force and is_cached(run_dir, key): return load_json(run_dir / "metrics.json"), False
+    if cached_only: raise RowNotRun(f"not trained (--no-train) and {run_dir} holds no finished run of these parameters")
     if force and run_dir.exists(): shutil.rmtree(run_dir)
     if run_dir.exists() and not (run_dir / "cache_key").is_file() and (run_dir / "metrics.json").is_file():
         raise FileExistsError(f"{run_dir} holds a run that was not written by forgrepro.repro; use force or another folder")
@@ -636,7 +663,11 @@ def run_row(params: Mapping[str, Any],  # resolved notebook parameters (data and
         res = subprocess.run(accelerate_command(run_dir / "params.yaml", num_processes, params["device"]),
                              cwd=root, env=env, capture_output=True, text=True)
         (run_dir / "accelerate.log").write_text(res.stdout + res.stderr)
-        if res.returncode: raise RuntimeError(f"accelerate launch failed for {run_dir} (see accelerate.log):\n{res.stderr[-3000:]}")
+        if res.returncode:   # the row's own error (type, file, record), not the launcher's wrapper
+            errs = [l.strip() for l in res.stderr.splitlines() if re.match(r"^([\w.]+\.)?\w*(Error|Exception): ", l.strip())
+                    and "ChildFailedError" not in l and "torch.distributed" not in l]
+            raise RuntimeError(f"{errs[-1] if errs else f'exit status {res.returncode}'} (accelerate launch of {run_dir}; "
+                               f"full log: {run_dir / 'accelerate.log'})")
     elif launcher != "papermill": raise ValueError(f"launcher must be 'papermill' or 'accelerate', got {launcher!r}")
     # with accelerate the notebook finds the finished experiment (run_experiment's own cache) and only evaluates/plots
     execute_notebook(nb, run_dir / "train.ipynb", params, cwd=root, kernel=kernel)
@@ -816,17 +847,20 @@ def render_reports(tables: Sequence[TableDef],
                    paper: Mapping | None = None,
                    header: str = "",
                    baselines: Mapping[str, Mapping[str, Mapping]] | None = None,  # dataset -> {label: metrics} (`baseline_rows`)
+                   released: Mapping[str, Mapping] | None = None,  # run id -> metrics of a released checkpoint evaluated here
+                   released_dirs: Mapping[str, str | os.PathLike] | None = None,  # run id -> its evaluation folder (linked)
                   ) -> list[Path]:
     "Write `<table>.md|csv|tex` per table and an index README.md (linking the other reports in `out_dir`); returns the written paths."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     paper = paper if paper is not None else load_paper_numbers()
     links = {k: _rel(Path(v), out_dir) for k, v in (run_dirs or {}).items()}
+    links |= {f"{RELEASED_DIR}/{k}": _rel(Path(v), out_dir) for k, v in (released_dirs or {}).items()}
     banner = SYNTHETIC_BANNER if synthetic else None
     written, index = [], [f"# Reproduced tables", ""]
     if banner: index += [f"> {banner}", ""]
     if header: index += [header, ""]
     for t in tables:
-        cells = table_cells(t, paper, metrics, baselines=baselines)
+        cells = table_cells(t, paper, metrics, baselines=baselines, released=released)
         for ext, text in (("md", render_markdown(t, cells, links=links, banner=banner)),
                           ("csv", render_csv(cells, links=links)), ("tex", render_latex(t, cells, banner=banner))):
             p = out_dir / f"{t.id}.{ext}"; p.write_text(text); written.append(p)
@@ -876,8 +910,12 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
               cfg_dir: str | os.PathLike | None = None,
               progress: bool = True,
               log: Callable[[str], None] = print,
+              extra_params: Mapping[str, Any] | None = None,  # parameters set on every row, e.g. {'batch_size': M} (the micro-batch)
+              released: Mapping[str, Mapping] | None = None,  # row id -> metrics of a released checkpoint (`forgrepro evaluate`)
+              released_dirs: Mapping[str, str | os.PathLike] | None = None,  # row id -> that evaluation's folder (linked)
+              train: bool = True,  # False: train nothing; rows with a finished run are reused, the others shown as not run
              ) -> dict[str, Any]:
-    "Run (or reuse) every row the tables need (once per seed with `seeds`), then render them; returns {'reports': dir, 'runs': {...}, 'ran': [...], 'skipped': [...], 'failed': {...}, 'seconds': s}."
+    "Run (or reuse) every row the tables need (once per seed with `seeds`), then render them; returns {'reports': dir, 'runs': {...}, 'ran': [...], 'skipped': [...], 'failed': {...}, 'errors': {...}, 'seconds': s}."
     from tqdm.auto import tqdm
     t_start = time.perf_counter()
     chosen, runs = plan(tables, cfg_dir)
@@ -893,7 +931,7 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
         return roots[kind]
     from forgrepro.experiment import method_spec
     by_seed: dict[str, dict] = {}
-    dirs, ran, skipped, failed, kinds, full_rows = {}, [], [], {}, {}, {}
+    dirs, ran, skipped, failed, errors, kinds, full_rows = {}, [], [], {}, {}, {}, {}
     todo: list[tuple[str, str, int | None, dict]] = []
     for rid in runs:                      # resolve every row first (generates the synthetic data once, here)
         row = load_row(rid, cfg_dir)
@@ -905,14 +943,16 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
         root = root_for(kind)
         if root is None: failed[rid] = f"no {kind} data (give --mmtt PATH)"; continue
         params = resolve_params(row, scale, presets=presets, cfg_dir=cfg_dir,
-                                extra={"data": str(root), "run_dir": str(runs_dir / rid), "device": device, "threads": threads})
+                                extra={**dict(extra_params or {}), "data": str(root), "run_dir": str(runs_dir / rid),
+                                       "device": device, "threads": threads})
         kinds[rid] = (row.method, kind)
         if params["ablation"] == "full": full_rows[rid] = kind
         todo += [(label, rid, s, p) for label, s, p in _seed_jobs(rid, params, seeds, runs_dir)]
     def done(label: str, rid: str, seed: int | None, run_dir: str, get: Callable[[], tuple[dict, bool]]) -> None:
         try: m, did = get()
-        except Exception as e:
-            failed[label] = f"{type(e).__name__}: {e}".splitlines()[0][:300]; log(f"[forgrepro.repro] {label} failed: {failed[label]}")
+        except RowNotRun as e: failed[label] = str(e); return
+        except Exception as e:   # the row's own error (for a notebook run: the kernel's exception, naming file and record)
+            failed[label] = errors[label] = error_summary(e); log(f"[forgrepro.repro] {label} failed: {failed[label]}")
             return
         by_seed.setdefault(rid, {})[seed] = m
         dirs.setdefault(rid, {})[seed] = Path(run_dir)
@@ -926,7 +966,7 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
         return out
     if jobs > 1: todo.sort(key=lambda t: -expected_seconds(t[3]))   # longest first: the last rows do not run alone
     bar = tqdm(total=len(todo), desc="rows" if not seeds else "runs (rows x seeds)", unit="run", disable=not progress)
-    kw = dict(force=force, launcher=launcher, num_processes=num_processes)
+    kw = dict(force=force, launcher=launcher, num_processes=num_processes, cached_only=not train)
     if jobs <= 1:
         for label, rid, seed, params in todo:
             bar.set_postfix_str(label)
@@ -978,6 +1018,8 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
     header = "\n".join([f"Data: `{data}`; scale `{scale}`; device `{device}`; runs under `{_rel(runs_dir, out_dir)}`"
                         + (f"; seeds {', '.join(map(str, dict.fromkeys(seeds)))} (each cell: mean ± sample sd)." if seeds else ".")]
                        + [f"- row `{k}` not run: {v}" for k, v in failed.items()])
-    render_reports(chosen, metrics, out_dir, run_dirs=run_dirs, synthetic=syn, header=header, baselines=baseline_rows(blind_res))
-    return {"reports": out_dir, "runs": run_dirs, "ran": ran, "skipped": skipped, "failed": failed, "seconds": seconds}
+    render_reports(chosen, metrics, out_dir, run_dirs=run_dirs, synthetic=syn, header=header, baselines=baseline_rows(blind_res),
+                   released=released, released_dirs=released_dirs)
+    return {"reports": out_dir, "runs": run_dirs, "ran": ran, "skipped": skipped, "failed": failed, "errors": errors,
+            "seconds": seconds}
 

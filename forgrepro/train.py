@@ -28,9 +28,9 @@ from .task import LossOutput, Progress, Task
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'TRAIN_PRESETS', 'Callback', 'TrainConfig', 'hammer_train_config', 'asap_train_config',
-           'forgerytalker_train_config', 'tiny_train_config', 'scheduled_lr', 'LRSchedule', 'mix_seed', 'BatchKey',
-           'EpochBatchSampler', 'SeededDataset', 'seed_worker', 'TrainState', 'StopTraining', 'FitResult',
-           'make_accelerator', 'fit']
+           'forgerytalker_train_config', 'tiny_train_config', 'world_size', 'BatchPlan', 'batch_plan',
+           'resolve_batching', 'scheduled_lr', 'LRSchedule', 'mix_seed', 'BatchKey', 'EpochBatchSampler',
+           'SeededDataset', 'seed_worker', 'TrainState', 'StopTraining', 'FitResult', 'make_accelerator', 'fit']
 
 # %% ../nbs/50_train.ipynb #9e1d897e
 SCHEDULES = ("albef", "cosine", "linear_warmup_cosine")
@@ -41,7 +41,8 @@ class TrainConfig:
     epochs: int = 50                          # passes over the training set (HAMMER `schedular.epochs`)
     max_steps: int | None = None              # stop after this many optimiser steps; the schedule still spans `epochs`
     batch_size: int = 32                      # micro-batch per process (HAMMER 32 × 8 GPUs = 256)
-    grad_accum: int = 1                       # micro-batches per optimiser step
+    grad_accum: int = 1                       # micro-batches per optimiser step (derived from `global_batch` when that is set)
+    global_batch: int | None = None           # published samples per optimiser step; set: micro-batch and accumulation follow the process count (`batch_plan`)
     schedule: str = "albef"                   # 'albef' (HAMMER/ASAP) | 'cosine' (per step) | 'linear_warmup_cosine' (LAVIS)
     weight_decay: float = 0.02                # AdamW weight decay (groups may override it)
     betas: tuple[float, float] = (0.9, 0.999) # AdamW betas (timm `create_optimizer` defaults)
@@ -69,6 +70,7 @@ class TrainConfig:
             if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_steps", "eval_every", "checkpoint_every", "max_eval_batches"):
             if getattr(self, name) is not None and getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1 or None")
+        if self.global_batch is not None and self.global_batch < 1: raise ValueError(f"global_batch must be >= 1 or None, got {self.global_batch}")
         if self.warmup_steps < 0 or self.num_workers < 0: raise ValueError("warmup_steps and num_workers must be >= 0")
         if self.schedule == "albef" and self.warmup_steps % self.warmup_interval:
             raise ValueError(f"'albef' warm-up is stepped every {self.warmup_interval} steps; warmup_steps "
@@ -76,12 +78,14 @@ class TrainConfig:
 
 # %% ../nbs/50_train.ipynb #0387d3d5
 def hammer_train_config() -> TrainConfig:
-    "Official HAMMER: 50 epochs, 32/GPU, AdamW wd 0.02, ALBEF cosine with 1000-iteration warm-up, seed 777."
-    return TrainConfig()
+    "Official HAMMER: 50 epochs, global batch 256 (32/GPU × 8 GPUs), AdamW wd 0.02, ALBEF cosine with 1000-iteration warm-up, seed 777."
+    # configs/train.yaml `batch_size_train: 32`, train.sh `NUM_GPU=8`; lr 2e-5 / lr_img 1e-4 live in the model's OptimConfig
+    return TrainConfig(global_batch=256)
 
 def asap_train_config() -> TrainConfig:
-    "Official ASAP: HAMMER's recipe with 128 samples per process (`configs/train.yaml`, asap_forgerytalker.md §A.6)."
-    return dataclasses.replace(TrainConfig(), batch_size=128)
+    "Official ASAP: HAMMER's recipe with 128 samples per process × 8 GPUs = global batch 1024 (asap_forgerytalker.md §A.6)."
+    # ASAP configs/train.yaml `batch_size_train: 128` ('#best config=128'), train.sh `NUM_GPU=8`; lr 2e-5 / lr_img 1e-4
+    return dataclasses.replace(TrainConfig(), batch_size=128, global_batch=1024)
 
 def forgerytalker_train_config() -> TrainConfig:
     "ForgeryTalker (LAVIS `caption_coco_ft.yaml`): linear warm-up then per-epoch cosine, wd 0.05, batch 24, seed 42."
@@ -97,6 +101,53 @@ def tiny_train_config() -> TrainConfig:
 TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "hammer": hammer_train_config, "asap": asap_train_config,
     "forgerytalker": forgerytalker_train_config, "tiny": tiny_train_config}
+
+# %% ../nbs/50_train.ipynb #86a76df0
+def world_size() -> int:
+    "Processes of this launch: `$WORLD_SIZE` (set by torchrun / `accelerate launch`), else 1."
+    return max(int(os.environ.get("WORLD_SIZE") or 1), 1)
+
+class BatchPlan(NamedTuple):
+    "How one optimiser step's samples are split: processes × per-process micro-batch × accumulated micro-batches."
+    processes: int
+    micro_batch: int
+    grad_accum: int
+
+    @property
+    def global_batch(self) -> int: return self.processes * self.micro_batch * self.grad_accum
+
+def batch_plan(cfg: TrainConfig,  # `batch_size` is the wanted micro-batch, `global_batch` the samples per step
+               processes: int,  # training processes (GPUs)
+               micro_batch: int | None = None,  # override the micro-batch (memory); must divide global_batch / processes
+              ) -> BatchPlan:
+    "Micro-batch and accumulation that keep `cfg.global_batch` per optimiser step on `processes` processes."
+    if processes < 1: raise ValueError(f"processes must be >= 1, got {processes}")
+    if micro_batch is not None and micro_batch < 1: raise ValueError(f"micro-batch must be >= 1, got {micro_batch}")
+    if cfg.global_batch is None: return BatchPlan(processes, micro_batch or cfg.batch_size, cfg.grad_accum)
+    # DEVIATION: the official runs split the global batch over 8 GPUs (DDP); on fewer processes gradient accumulation
+    # makes up the rest: the same samples, lr and schedule per optimiser step. In-batch contrastive negatives are those
+    # of one micro-batch (= the official per-GPU batch when the micro-batch is the published one) and the feature
+    # queues receive the same samples per step, micro-batch by micro-batch instead of all-gathered at once.
+    g = cfg.global_batch
+    if g % processes:
+        ok = [p for p in range(1, g + 1) if g % p == 0 and p <= 64]
+        raise ValueError(f"the published global batch {g} cannot be split evenly over {processes} processes; "
+                         f"use a process count that divides it ({', '.join(map(str, ok))})")
+    per = g // processes
+    if micro_batch is not None:
+        if per % micro_batch:
+            divisors = [d for d in range(1, per + 1) if per % d == 0]
+            raise ValueError(f"micro-batch {micro_batch} does not divide the {per} samples each of {processes} process(es) "
+                             f"takes per optimiser step (global batch {g}); choose one of {divisors}")
+        return BatchPlan(processes, micro_batch, per // micro_batch)
+    micro = min(cfg.batch_size, per)
+    while per % micro: micro -= 1   # the largest divisor of `per` not above the published per-process batch
+    return BatchPlan(processes, micro, per // micro)
+
+def resolve_batching(cfg: TrainConfig, processes: int, micro_batch: int | None = None) -> TrainConfig:
+    "`cfg` with `batch_size` and `grad_accum` from `batch_plan` (unchanged without a `global_batch`)."
+    plan = batch_plan(cfg, processes, micro_batch)
+    return dataclasses.replace(cfg, batch_size=plan.micro_batch, grad_accum=plan.grad_accum)
 
 # %% ../nbs/50_train.ipynb #d4edf794
 def _cosine(base_lr: float, min_lr: float, progress: float) -> float:
@@ -294,13 +345,13 @@ def make_accelerator(cfg: TrainConfig):
     return Accelerator(cpu=not cuda, mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum,
                        step_scheduler_with_optimizer=False, kwargs_handlers=handlers)
 
-def _train_data(loader_or_dataset, cfg: TrainConfig):
-    "The dataset and collate function to re-batch with our sampler."
+def _train_data(loader_or_dataset, batch_size: int):
+    "The dataset and collate function to re-batch with our sampler (`batch_size`: the configured one, to check the loader)."
     if isinstance(loader_or_dataset, DataLoader):
         loader = loader_or_dataset
         if isinstance(loader.dataset, IterableDataset): raise TypeError("fit needs a map-style training dataset (random access by index)")
-        if loader.batch_size != cfg.batch_size:
-            raise ValueError(f"the training DataLoader has batch_size={loader.batch_size} but cfg.batch_size={cfg.batch_size}; "
+        if loader.batch_size != batch_size:
+            raise ValueError(f"the training DataLoader has batch_size={loader.batch_size} but cfg.batch_size={batch_size}; "
                              "fit re-batches its dataset with a seeded sampler, so give the loader batch_size=cfg.batch_size")
         return loader.dataset, loader.collate_fn
     if isinstance(loader_or_dataset, IterableDataset) or not hasattr(loader_or_dataset, "__getitem__"):
@@ -374,7 +425,9 @@ class _Run:
         "Weights, optimiser, schedule, loop state and (same world size) this process's RNG, log window and data issues."
         saved, cfg, state = load_state(self.resumed_from), self.cfg, self.state
         ours, theirs = config_to_dict(cfg), saved["config"]
-        changed = sorted(k for k in set(ours) | set(theirs) if k not in _RESUME_SAFE and ours.get(k) != theirs.get(k))
+        safe = _RESUME_SAFE | ({"batch_size", "grad_accum"} if ours.get("global_batch") is not None
+                               and ours.get("global_batch") == theirs.get("global_batch") else set())  # same global batch, other split
+        changed = sorted(k for k in set(ours) | set(theirs) if k not in safe and ours.get(k) != theirs.get(k))
         if changed:
             raise ValueError(f"{self.resumed_from}: the run was started with a different config ({', '.join(f'{k}: {theirs.get(k)!r} -> {ours.get(k)!r}' for k in changed)}); "
                              "resume with the same settings, or start a new out_dir / pass resume=False")
@@ -499,6 +552,8 @@ class _Run:
 def _prepare(task: Task, train_loader_fn: Callable[[], Any], val_loader_fn: Callable[[], Any] | None, cfg: TrainConfig,
              accelerator, resume: bool | str | os.PathLike, callbacks: Sequence[Callback]) -> _Run:
     "Build model, optimiser and schedule (same initialisation on every process), resume or start, and set up the data."
+    loader_batch = cfg.batch_size   # what `train_loader_fn` was built with
+    cfg = resolve_batching(cfg, accelerator.num_processes if accelerator is not None else world_size())  # global batch kept
     acc = accelerator or make_accelerator(cfg)
     if acc.gradient_accumulation_steps != cfg.grad_accum:
         raise ValueError(f"accelerator accumulates {acc.gradient_accumulation_steps} micro-batches but cfg.grad_accum={cfg.grad_accum}")
@@ -512,7 +567,7 @@ def _prepare(task: Task, train_loader_fn: Callable[[], Any], val_loader_fn: Call
     run.optimizer = _optimizer(model, task.param_groups(model), cfg)
     seed_everything(cfg.seed + run.rank, cfg.deterministic)
 
-    dataset, collate = _train_data(train_loader_fn(), cfg)
+    dataset, collate = _train_data(train_loader_fn(), loader_batch)
     micro_per_epoch = len(dataset) // (cfg.batch_size * run.world)
     spe = micro_per_epoch // cfg.grad_accum
     if spe == 0:

@@ -347,6 +347,29 @@ def test_published_size_key_map(kind):
           "besides the queues) map onto forgrepro's paper preset")
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_export_inverts_the_official_loader(kind):
+    "export_official_weights(load(official state)) gives back every official tensor under its official name, bit for bit."
+    from forgrepro.methods.hammer import export_official_weights
+    g, _ = fixture(kind)
+    exported = export_official_weights(build_loaded(kind))
+    assert set(exported) == set(g["state"]), sorted(set(exported) ^ set(g["state"]))
+    for k, v in g["state"].items():
+        assert exported[k].dtype == v.dtype and torch.equal(exported[k], v), k
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_export_at_published_size_has_the_official_key_list(kind):
+    "At the published sizes (meta device) the export has exactly the official model's keys and shapes."
+    from forgrepro.methods.hammer import export_official_weights
+    shapes = _paper_keys(kind)["shapes"]
+    with torch.device("meta"):
+        model = build_hammer(HAMMER_PRESETS["paper"]) if kind == "hammer" else build_asap(ASAP_PRESETS["paper"])
+        exported = export_official_weights(model)
+    assert set(exported) == set(shapes), (sorted(set(exported) - set(shapes))[:5], sorted(set(shapes) - set(exported))[:5])
+    assert {k: list(v.shape) for k, v in exported.items()} == {k: list(s) for k, s in shapes.items()}
+
+
 # ---------------------------------------------------------------------------------------------- M4-BLIP (no official code)
 
 # Published component sizes. EVA ViT-g/14 as BLIP-2 uses it (39 of 40 blocks, width 1408): "ViT-g ... 1.0B" (BLIP-2

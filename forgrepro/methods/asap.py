@@ -19,7 +19,7 @@ from ..data.batch import DGM4Batch, TextInput
 from ..losses import PairSims, pair_contrastive
 from .dgm4 import alpha_at, lr_img_param_groups
 from .hammer import (HAMMER_PRESETS, Hammer, HammerConfig, HammerLossWeights, HammerOutput,
-                                      hammer_loss, random_dgm4_batch, expects_pretrained, load_official_weights,
+                                      hammer_loss, random_dgm4_batch, expects_pretrained, load_official_weights, export_official_weights,
                                      official_state_dict)
 from ..models.contrastive import FeatureQueue, momentum_update
 from ..models.heads import Localizer, TokenHead, init_trunc_normal, mlp_head
@@ -28,9 +28,9 @@ from ..models.vision import ViTEncoder
 from ..task import LossOutput, Progress
 
 # %% auto #0
-__all__ = ['MGCA_MODES', 'PMM_NEGATIVES', 'ASAP_PRESETS', 'ASAP_ABLATIONS', 'asap_state_from_official', 'AsapLossWeights',
-           'AsapConfig', 'asap_config', 'mgca_guidance', 'pmm_labels', 'encode_texts', 'AsapOutput', 'Asap',
-           'build_asap', 'random_asap_batch', 'mgca_loss', 'pmm_loss', 'lma_losses', 'asap_loss',
+__all__ = ['MGCA_MODES', 'PMM_NEGATIVES', 'ASAP_PRESETS', 'ASAP_ABLATIONS', 'asap_state_from_official', 'export_asap_official',
+           'AsapLossWeights', 'AsapConfig', 'asap_config', 'mgca_guidance', 'pmm_labels', 'encode_texts', 'AsapOutput',
+           'Asap', 'build_asap', 'random_asap_batch', 'mgca_loss', 'pmm_loss', 'lma_losses', 'asap_loss',
            'load_asap_pretrained', 'AsapTask']
 
 # %% ../../nbs/42_methods.asap.ipynb #f28ce254
@@ -381,6 +381,7 @@ def _need(x, name: str, flag: str):
 
 # %% ../../nbs/42_methods.asap.ipynb #dbd3b203
 asap_state_from_official = official_state_dict  # same official names (ALBEF/HAMMER/ASAP)
+export_asap_official = export_official_weights    # its inverse: an `Asap` under the official names (method 'asap' in the metadata)
 
 def load_asap_pretrained(model: Asap,
                          path: str | Path | Mapping[str, Tensor],  # .safetensors with official ALBEF/HAMMER/ASAP key names, or such a state dict

@@ -26,8 +26,9 @@ from ..models.vision import VIT_PRESETS, ViTConfig, ViTEncoder, interpolate_pos_
 from ..task import LossOutput, Progress
 
 # %% auto #0
-__all__ = ['HAMMER_PRESETS', 'HammerLossWeights', 'HammerConfig', 'HammerOutput', 'Hammer', 'build_hammer', 'random_dgm4_batch',
-           'hammer_loss', 'official_state_dict', 'load_official_weights', 'expects_pretrained', 'hammer_task']
+__all__ = ['HAMMER_PRESETS', 'OFFICIAL_FORMAT', 'HammerLossWeights', 'HammerConfig', 'HammerOutput', 'Hammer', 'build_hammer',
+           'random_dgm4_batch', 'hammer_loss', 'official_state_dict', 'load_official_weights', 'expects_pretrained',
+           'export_official_weights', 'hammer_task']
 
 # %% ../../nbs/41_methods.hammer.ipynb #5b18f2f7
 @dataclass(frozen=True)
@@ -238,6 +239,62 @@ def load_official_weights(model: Hammer,  # a Hammer (or subclass)
 def expects_pretrained(cfg: HammerConfig) -> bool:
     "True for the published encoder sizes (ViT-B/16 + BERT-base), which the official runs initialise from ALBEF."
     return cfg.vision.width == 768 and cfg.text.hidden_size == 768
+
+# %% ../../nbs/41_methods.hammer.ipynb #424a2cb1
+_QUEUES_OFFICIAL = {v: k for k, v in _QUEUES.items()}   # forgrepro queue module -> official buffer name
+OFFICIAL_FORMAT = "official-albef-layout"               # `format` metadata of files written by `export_official_weights`
+
+def export_official_weights(model: Hammer,  # a Hammer or Asap (ALBEF patchify ViT stem: the official architecture)
+                            path: str | Path | None = None,  # also write a .safetensors file here (atomic rename)
+                            *,
+                            metadata: Mapping[str, str] | None = None,  # extra safetensors metadata
+                           ) -> dict[str, Tensor]:
+    "forgrepro weights under the official ALBEF / HAMMER / ASAP key names: the inverse of `official_state_dict`."
+    cfg, method = model.cfg, type(model).__name__.lower()
+    if cfg.vision.stem != "patch":
+        raise ValueError(f"{type(model).__name__} with the {cfg.vision.stem!r} ViT stem has no official counterpart "
+                         "(the official ViT embeds patches with one linear projection): only stem='patch' models export")
+    variant = getattr(cfg, "localizer_variant", "hammer")
+    state, out, ptrs = model.state_dict(), {}, {}
+    for k, v in state.items():
+        name, _, leaf = k.rpartition(".")
+        if name in _QUEUES_OFFICIAL and leaf in ("queue", "ptr"):
+            if leaf == "queue": out[_QUEUES_OFFICIAL[name]] = v
+            else: ptrs[name] = v
+            continue
+        for m in ("", "_m"):
+            if k.startswith(f"text_encoder{m}."): k = f"text_encoder{m}.bert." + k[len(f"text_encoder{m}."):]; break
+            if k.startswith(f"token_head{m}.classifier."): k = f"text_encoder{m}.classifier." + k[len(f"token_head{m}.classifier."):]; break
+        if k.startswith("localizer."):
+            k = k[len("localizer."):]
+            if variant == "hammer" and k.startswith("it_cross_attn.attn."): k = "it_cross_attn." + k[len("it_cross_attn.attn."):]
+        out[k] = v
+    if ptrs:   # the official model has one pointer for every queue (they advance together)
+        first = next(iter(ptrs.values()))
+        if any(not p.is_meta and not torch.equal(p, first) for p in ptrs.values()):
+            raise ValueError(f"queue pointers differ ({ {k: int(p) for k, p in ptrs.items()} }); the official format has one")
+        out["queue_ptr"] = first
+    for m in ("", "_m"):   # BERT's arange buffer (xbert registers it; forgrepro keeps it non-persistent)
+        if f"text_encoder{m}.bert.embeddings.word_embeddings.weight" in out:
+            out[f"text_encoder{m}.bert.embeddings.position_ids"] = torch.arange(cfg.text.max_position_embeddings)[None]
+    back = official_state_dict(out, variant)   # the loader must give back exactly the model's state
+    back = {k: v for k, v in back.items() if k in state or not k.endswith(".ptr")}
+    same = lambda a, b: a is b or a.is_meta or torch.equal(a, b)   # meta (size planning): names and shapes only
+    if set(back) != set(state) or any(not same(back[k], state[k]) for k in state):
+        raise AssertionError(f"export is not inverted by official_state_dict: {sorted(set(back) ^ set(state))[:5]}")
+    out = {k: v if v.is_meta else v.detach().to("cpu").clone().contiguous() for k, v in out.items()}
+    if path is not None:
+        from forgrepro.core import config_to_dict
+        import json, os, uuid
+        from safetensors.torch import save_file
+        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        meta = {"format": OFFICIAL_FORMAT, "forgrepro_method": method,
+                "forgrepro_config": json.dumps(config_to_dict(cfg), sort_keys=True), **dict(metadata or {})}
+        try: save_file(out, str(tmp), metadata=meta); os.replace(tmp, path)
+        finally: tmp.unlink(missing_ok=True)
+    return out
+
 
 # %% ../../nbs/41_methods.hammer.ipynb #6e2c90e6
 def hammer_task(cfg: HammerConfig | str = "tiny",  # preset name or config
