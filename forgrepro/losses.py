@@ -33,10 +33,14 @@ def token_loss(logits: Tensor,  # (B, L-1, 2) token logits after [CLS]
                labels: Tensor,  # (B, L-1) 1 fake, 0 real, −100 padding
                soft_labels: Tensor | None = None,  # (B, L-1, 2) momentum-model probabilities
                alpha: float = 0.0,
-               label_smoothing: float = 0.0) -> Tensor:
+               label_smoothing: float = 0.0,
+               fake_weight: float = 1.0,  # CE class weight of 'fake' (1: the official loss; see `GroundingConfig`)
+              ) -> Tensor:
     "Token-grounding loss (xbert `BertForTokenClassification`, `token_momentum`)."
     flat, y = logits.reshape(-1, 2), labels.reshape(-1)
-    loss = F.cross_entropy(flat, y, ignore_index=-100, label_smoothing=label_smoothing)
+    # DEVIATION (tiny synthetic recipe only): a class-weighted CE when fake_weight != 1; the official CE is unweighted
+    weight = None if fake_weight == 1.0 else flat.new_tensor([1.0, fake_weight])  # weighted mean over tokens
+    loss = F.cross_entropy(flat, y, weight=weight, ignore_index=-100, label_smoothing=label_smoothing)
     if soft_labels is None: return loss
     keep = (y != -100).to(flat.dtype)                                       # masked mean: no boolean indexing
     per_token = -(F.log_softmax(flat, -1) * soft_labels.reshape(-1, 2)).sum(-1)

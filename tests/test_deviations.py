@@ -132,7 +132,7 @@ def test_the_check_fails_for_the_right_reasons(repo_copy):
     assert check(repo_copy) == []
     losses = repo_copy / "forgrepro" / "losses.py"
     losses.write_text(losses.read_text().replace(
-        '    "Token-grounding loss', '    # DEVIATION: invented for this test\n    "Token-grounding loss'))
+        '    "HAMMER MAC: mean', '    # DEVIATION: invented for this test\n    "HAMMER MAC: mean'))
     doc = repo_copy / "reports" / "DEVIATIONS.md"
     text = doc.read_text()
     text = text.replace("`forgrepro/data/dgm4.py::fit_box` ", "")                                  # row loses its code
@@ -140,7 +140,7 @@ def test_the_check_fails_for_the_right_reasons(repo_copy):
     text = text.replace("`forgrepro/data/faces.py::crop_faces`", "`forgrepro/data/faces.py::select_faces`")
     doc.write_text(text)
     got = "\n".join(check(repo_copy))
-    assert "forgrepro/losses.py" in got and "(token_loss) has no row" in got
+    assert "forgrepro/losses.py" in got and "(mac_loss) has no row" in got
     assert "row without a code reference: | `data.dgm4` boxes" in got
     assert "defines no top-level no_such_fn" in got
     assert "forgrepro/data/faces.py::select_faces carries no DEVIATION marker" in got

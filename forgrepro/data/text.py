@@ -19,8 +19,9 @@ from torch import Tensor
 from .batch import TextInput
 
 # %% auto #0
-__all__ = ['BERT_BASE_UNCASED_VOCAB_SHA256', 'BERT_ENV', 'pre_caption', 'blip_pre_caption', 'vocab_sha256', 'bert_tokenizer',
-           'tokenize', 'tokenize_with_word_labels']
+__all__ = ['BERT_BASE_UNCASED_VOCAB_SHA256', 'BERT_ENV', 'BERT_SPECIAL_TOKENS', 'pre_caption', 'blip_pre_caption', 'vocab_sha256',
+           'bert_tokenizer', 'tokenize', 'tokenize_with_word_labels', 'word_vocabulary', 'save_vocabulary',
+           'word_tokenizer']
 
 # %% ../../nbs/07_data.text.ipynb #b6109b7f
 _PUNCT_ALBEF = re.compile(r"([,.'!?\"()*#:;~])")
@@ -127,3 +128,39 @@ def tokenize_with_word_labels(tokenizer,  # bert-base-uncased tokenizer (`bert_t
     fake[valid] = masks[rows[valid], word[valid]]
     labels = torch.where(attn[:, 1:] == 1, fake.long(), torch.full_like(word, -100))
     return ids.long(), attn.long(), labels
+
+# %% ../../nbs/07_data.text.ipynb #fac86e24
+BERT_SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+def word_vocabulary(texts: Sequence[str],  # corpus (e.g. pre-captioned training texts)
+                    max_size: int | None = None,  # error if the vocabulary would be larger
+                   ) -> list[str]:
+    "Word-level WordPiece vocabulary in bert-base-uncased's format: specials, characters, `##`characters, words by frequency."
+    from collections import Counter
+    from transformers import BertTokenizerFast
+    probe = BertTokenizerFast(vocab={t: i for i, t in enumerate(BERT_SPECIAL_TOKENS)}, do_lower_case=True)
+    norm, pre = probe.backend_tokenizer.normalizer, probe.backend_tokenizer.pre_tokenizer
+    counts = Counter(w for t in texts for w, _ in pre.pre_tokenize_str(norm.normalize_str(t)))
+    chars = sorted({c for w in counts for c in w})
+    words = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1]
+    vocab = [*BERT_SPECIAL_TOKENS, *chars, *("##" + c for c in chars), *words]
+    if max_size is not None and len(vocab) > max_size:
+        raise ValueError(f"the corpus needs {len(vocab)} tokens, more than max_size={max_size}")
+    return vocab
+
+def save_vocabulary(vocab: Sequence[str], path: str | os.PathLike) -> Path:
+    "Write `vocab` as a `vocab.txt` (one token per line, id = line number)."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return path
+
+def word_tokenizer(vocab: Sequence[str] | str | os.PathLike,  # token list, or a `vocab.txt` written by `save_vocabulary`
+                  ):
+    "`BertTokenizerFast` over a word vocabulary (lower-cases like bert-base-uncased; [PAD] must be id 0)."
+    if isinstance(vocab, (str, os.PathLike)): tok = _load_bert(str(Path(vocab).expanduser().resolve()), False)
+    else:
+        from transformers import BertTokenizerFast
+        tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    if tok.pad_token_id != 0: raise ValueError(f"{vocab if isinstance(vocab, (str, os.PathLike)) else 'vocab'}: [PAD] must be token 0")
+    return tok

@@ -17,7 +17,7 @@ from ..boxes import box_patch_mask, patch_labels_with_ring
 from ..core import local_weights, override
 from ..data.batch import DGM4Batch, TextInput
 from ..losses import PairSims, pair_contrastive
-from .dgm4 import alpha_at, lr_img_param_groups
+from .dgm4 import alpha_at, gated_box, lr_img_param_groups
 from .hammer import (HAMMER_PRESETS, Hammer, HammerConfig, HammerLossWeights, HammerOutput,
                                       hammer_loss, random_dgm4_batch, expects_pretrained, load_official_weights, export_official_weights,
                                      official_state_dict)
@@ -243,7 +243,9 @@ class Asap(Hammer):
                          box=loc.box, logits_tok=self.token_head(fusion.hidden))
         if self.patch_head is not None:  # ASAP.py "MPP Loss" block: patch_head(norm_layer_aggr(local tokens[:, 1:]))
             out.patch_logits = self.patch_head(self.localizer.norm_layer_aggr(loc.tokens[:, 1:])).squeeze(-1)  # (B, N)
-        if not train: return out
+        if not train:
+            out.box = gated_box(out.box, out.logits_multi, cfg.grounding)  # no-op unless `grounding.box_gate`
+            return out
 
         if want_scores:  # ASAP.py BIC block: cross_attentions.mean(dim=1).permute(0, 2, 1)[:, 1:, :]
             scores = fusion.cross_scores.mean(1).transpose(1, 2)[:, 1:]                 # (B, N, L)

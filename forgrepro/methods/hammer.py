@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..core import local_weights, override
 from ..data.batch import DGM4Batch
 from ..losses import PairSims, box_losses, mac_loss, token_loss
-from .dgm4 import DGM4Output, OptimConfig, alpha_at, lr_img_param_groups
+from .dgm4 import DGM4Output, GroundingConfig, OptimConfig, alpha_at, gated_box, lr_img_param_groups
 from ..models.contrastive import FeatureQueue, make_momentum_copy, momentum_update
 from ..models.heads import Localizer, TokenHead, init_trunc_normal, mlp_head
 from ..models.text import BERT_PRESETS, BertConfig, TextEncoder
@@ -55,6 +55,7 @@ class HammerConfig:
     localizer_heads: int = 12
     loss: HammerLossWeights = HammerLossWeights()
     optim: OptimConfig = OptimConfig()
+    grounding: GroundingConfig = GroundingConfig()  # tiny-recipe box gate / token class weight (default: official)
 
 HAMMER_PRESETS = {
     "paper": HammerConfig(),
@@ -104,6 +105,7 @@ class Hammer(nn.Module):
                            box=loc.box, logits_tok=self.token_head(fused))
         if self.training:
             out.sims, out.logits_tok_m = self._contrastive(batch, image_embeds, text_embeds)
+        else: out.box = gated_box(out.box, out.logits_multi, self.cfg.grounding)  # no-op unless `grounding.box_gate`
         return out
 
     def _contrastive(self, batch: DGM4Batch, image_embeds: Tensor, text_embeds: Tensor):
@@ -170,7 +172,7 @@ def hammer_loss(out: HammerOutput, batch: DGM4Batch, progress: Progress, cfg: Ha
     mlc = F.binary_cross_entropy_with_logits(out.logits_multi, batch.multi_label)
     l1, giou = box_losses(out.box, batch.box)
     soft = F.softmax(out.logits_tok_m, -1) if out.logits_tok_m is not None else None
-    tmg = token_loss(out.logits_tok, batch.token_labels, soft, alpha, cfg.label_smoothing)
+    tmg = token_loss(out.logits_tok, batch.token_labels, soft, alpha, cfg.label_smoothing, cfg.grounding.token_fake_weight)
     total = w.mac * mac + w.bic * bic + w.bbox * l1 + w.giou * giou + w.tmg * tmg + w.mlc * mlc
     return LossOutput(total, {"mac": mac, "bic": bic, "bbox": l1, "giou": giou, "tmg": tmg, "mlc": mlc})
 

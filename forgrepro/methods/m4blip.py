@@ -17,7 +17,7 @@ from torch.utils.data import Sampler
 from ..core import local_weights, override
 from ..data.batch import DGM4Batch
 from ..losses import PairSims, box_losses, mac_loss, token_loss
-from .dgm4 import DGM4Output, OptimConfig, alpha_at, lr_img_param_groups
+from .dgm4 import DGM4Output, GroundingConfig, OptimConfig, alpha_at, gated_box, lr_img_param_groups
 from .hammer import random_dgm4_batch
 from ..models.contrastive import FeatureQueue, make_momentum_copy, momentum_update
 from ..models.heads import Localizer, TokenHead, init_trunc_normal, mlp_head
@@ -78,6 +78,7 @@ class M4BlipConfig:
     epochs: int = 10                  # paper: 10 epochs, AdamW with cosine decay
     loss: M4BlipLossWeights = M4BlipLossWeights()
     optim: OptimConfig = OptimConfig(lr=1e-5, lr_img=1e-4, weight_decay=0.05, img_patterns=NEW_PART_PATTERNS)
+    grounding: GroundingConfig = GroundingConfig()  # tiny-recipe box gate / token class weight (default: as HAMMER)
 
     def __post_init__(self):
         if self.branches not in ("both", "local", "global"): raise ValueError(f"branches={self.branches!r}")
@@ -326,6 +327,7 @@ class M4Blip(nn.Module):
         if self.training:
             if self.cfg.contrastive == "fca": out.fca = self._fca_features(batch, g_tok, l_tok, l_mask)
             else: out.moco_sims = self._moco_sims(batch, g_tok, l_tok, l_mask)
+        else: out.box = gated_box(out.box, out.logits_multi, self.cfg.grounding)  # no-op unless `grounding.box_gate`
         return out
 
     def _features(self, batch, g_tok, l_tok, l_mask) -> tuple[dict[str, Tensor], Tensor]:
@@ -499,7 +501,7 @@ def m4blip_loss(out: M4BlipOutput, batch: DGM4Batch, progress: Progress, cfg: M4
     l1, giou = box_losses(out.box, batch.box)
     parts = {"bic": F.cross_entropy(out.logits_bin, batch.label),
              "mlc": F.binary_cross_entropy_with_logits(out.logits_multi, batch.multi_label),
-             "bbox": l1, "giou": giou, "tmg": token_loss(out.logits_tok, batch.token_labels)}
+             "bbox": l1, "giou": giou, "tmg": token_loss(out.logits_tok, batch.token_labels, fake_weight=cfg.grounding.token_fake_weight)}
     weights = {"bic": w.bic, "mlc": w.mlc, "bbox": w.bbox, "giou": w.giou, "tmg": w.tmg}
     if out.fca is not None:
         tg, f = fca_batch_targets(batch), out.fca

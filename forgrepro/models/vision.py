@@ -38,6 +38,7 @@ class ViTConfig:
     drop_path: float = 0.0  # ALBEF: 0
     channels_last: bool = False  # NHWC patch-embed conv on GPU
     stem: str = "patch"     # 'patch': ALBEF's linear patchify | 'conv': early-convolution stem (`ConvStem`)
+    stem_channels: int = 8  # 'conv' stem only: channels of its first convolution (doubled per convolution)
 
     @property
     def num_patches(self) -> int: return (self.image_size // self.patch_size) ** 2
@@ -67,10 +68,12 @@ class ConvStem(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor: return self.out(self.body(x))
 
-def make_stem(kind: str, width: int, patch_size: int) -> nn.Module:
+def make_stem(kind: str, width: int, patch_size: int,
+              channels: int = 8,  # 'conv': channels of the first convolution (`ConvStem.base`)
+             ) -> nn.Module:
     "The patch-embedding convolution for `kind` 'patch' (ViT's patchify) or 'conv' (`ConvStem`)."
     if kind == "patch": return nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
-    if kind == "conv": return ConvStem(width, patch_size)
+    if kind == "conv": return ConvStem(width, patch_size, base=channels)
     raise ValueError(f"unknown ViT stem {kind!r} (expected 'patch' or 'conv')")
 
 # %% ../../nbs/20_models.vision.ipynb #bb796a9d
@@ -82,7 +85,7 @@ class ViTEncoder(VisionTransformer):
                          drop_path_rate=cfg.drop_path, norm_layer=partial(nn.LayerNorm, eps=1e-6))
         self.cfg = cfg
         if cfg.stem != "patch":   # same output grid; timm's PatchEmbed only calls `proj`
-            self.patch_embed.proj = make_stem(cfg.stem, cfg.width, cfg.patch_size)
+            self.patch_embed.proj = make_stem(cfg.stem, cfg.width, cfg.patch_size, cfg.stem_channels)
         if cfg.channels_last: self.patch_embed.proj.to(memory_format=torch.channels_last)
 
     @property
@@ -147,6 +150,7 @@ class EvaViTConfig:
     intermediate_size: int = 6144
     attn_implementation: str = "sdpa"
     stem: str = "patch"      # 'patch': BLIP-2's patchify conv | 'conv': `ConvStem` (tiny recipe only, see above)
+    stem_channels: int = 8   # 'conv' stem only: channels of its first convolution
     initializer_range: float = 1e-10   # transformers' EVA default (weights are loaded); use 0.02 from scratch
     ln_vision_eps: float | None = None  # eps of the final LayerNorm; None = transformers' 1e-6. LAVIS `ln_vision` is a
                                         # plain `LayerNorm(1408)` (eps 1e-5): ForgeryTalker's preset sets that
@@ -167,7 +171,7 @@ class Blip2VisionEncoder(nn.Module):
                                initializer_range=cfg.initializer_range)
         hf._attn_implementation = cfg.attn_implementation
         self.cfg, self.model = cfg, Blip2VisionModel(hf)
-        if cfg.stem != "patch": self.model.embeddings.patch_embedding = make_stem(cfg.stem, cfg.width, cfg.patch_size)
+        if cfg.stem != "patch": self.model.embeddings.patch_embedding = make_stem(cfg.stem, cfg.width, cfg.patch_size, cfg.stem_channels)
         if cfg.ln_vision_eps is not None: self.model.post_layernorm.eps = cfg.ln_vision_eps
 
     @property
