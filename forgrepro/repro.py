@@ -235,7 +235,7 @@ def is_cached(run_dir: str | os.PathLike, key: str) -> bool:
 
 # Tiny-scale CPU seconds per row by method (one thread, `make reproduce` of 2026-11-23): only orders the rows of a
 # parallel reproduction (longest first) when a row has no earlier run to read its time from.
-TINY_ROW_SECONDS = {"hammer": 76.0, "asap": 122.0, "m4blip": 185.0, "forgerytalker": 127.0}
+TINY_ROW_SECONDS = {"hammer": 130.0, "asap": 250.0, "m4blip": 330.0, "forgerytalker": 127.0}  # issue-14 recipe (10 epochs), estimated
 
 def expected_seconds(params: Mapping[str, Any]) -> float:
     "A row's expected run time: its last run's `env.json` seconds, else `TINY_ROW_SECONDS` of its method (else 0)."
