@@ -431,7 +431,7 @@ def forgerytalker_run(data_root: str | os.PathLike,  # MMTT-format folder (annot
         except FileNotFoundError:
             fcfg = override(replace(FPN_PRESETS[scale](), prompter=cfg.prompter), fpn_over)
             ftcfg = override(replace(fpn_tcfg, out_dir=str(fdir)), train_fpn)
-            fit(FPNTask(fcfg), lambda: _mmtt_loader(ds("train", train=True), ftcfg.batch_size, True, seed),
+            fit(FPNTask(fcfg), lambda: _mmtt_loader(ds("train", train=ftcfg.augment), ftcfg.batch_size, True, seed),
                 (lambda: _mmtt_loader(ds("eval"), 64, False)) if scale == "paper" else None, ftcfg, resume=True)
             cfg = replace(cfg, fpn_weights=str(_weights_dir(fdir)))
     save_json(_flat(dataclasses.asdict(cfg)), out / "model_config.json")
@@ -440,11 +440,15 @@ def forgerytalker_run(data_root: str | os.PathLike,  # MMTT-format folder (annot
     tcfg = replace(tcfg, out_dir=str(out / "stage2"))
     ltok, qtok = load_llm_tokenizer(cfg.llm_tokenizer), load_qformer_tokenizer(cfg.qformer_tokenizer)
     train_task = ForgeryTalkerTask(cfg, llm_tokenizer=ltok, qformer_tokenizer=qtok, caption_metrics=fast_caption_metrics)
-    res = fit(train_task, lambda: _mmtt_loader(ds("train", train=True), tcfg.batch_size, True, seed),
+    res = fit(train_task, lambda: _mmtt_loader(ds("train", train=tcfg.augment), tcfg.batch_size, True, seed),
               (lambda: _mmtt_loader(ds("eval"), 32, False)) if validate else None, tcfg, resume=True)
     model = res.model
     if validate: load_checkpoint(_weights_dir(out / "stage2"), model)
     return forgerytalker_test(model, cfg, ltok, qtok, root, out, caption_metrics=caption_metrics)   # generation + metrics
+
+def _is_synthetic_mmtt(root: Path) -> bool:
+    "Whether an MMTT folder was written by `make_synth_mmtt` (its manifest sits beside `dataset/`)."
+    return any((d / "synth_manifest.json").is_file() for d in (root, root.parent))
 
 def forgerytalker_test(model: nn.Module,  # a ForgeryTalker (eval mode is set here)
                        cfg,  # its `ForgeryTalkerConfig` (prompts, image size)
@@ -464,6 +468,7 @@ def forgerytalker_test(model: nn.Module,  # a ForgeryTalker (eval mode is set he
     from forgrepro.data.mmtt import REGIONS, MMTTDataset
     from forgrepro.evaluate import evaluate, write_metrics
     from forgrepro.methods.forgerytalker import ForgeryTalkerTask
+    from forgrepro.data.synth_mmtt import synth_kind_scores
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     task = ForgeryTalkerTask(cfg, llm_tokenizer=llm_tokenizer, qformer_tokenizer=qformer_tokenizer, caption_metrics=caption_metrics)
     ev = task.evaluator()
@@ -478,6 +483,7 @@ def forgerytalker_test(model: nn.Module,  # a ForgeryTalker (eval mode is set he
     if cfg.prompts != "fpn": ordered |= {"region_F1": None, "fpn_PLM": None}   # no FPN in this row: not applicable
     # how many different explanations the row wrote for the test images (1: the explanation ignores the image)
     ordered["distinct_explanations"] = float(len(set(ev.predictions.values())))
+    if _is_synthetic_mmtt(Path(data_root)): ordered |= synth_kind_scores(ev.predictions, ev.references)
     metrics: dict[str, float | None] = {k: None if v is None or v != v else v for k, v in ordered.items()}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="metric .* is nan")  # unavailable metrics are written as null

@@ -61,7 +61,7 @@ class TrainConfig:
     log_every: int = 50                       # history/progress-bar logging interval in steps
     max_eval_batches: int | None = None       # cap evaluation batches per process (smoke runs)
     num_workers: int = 0                      # DataLoader workers for training
-    augment: bool = True                      # DGM4 loaders: ALBEF RandomAugment on training images (HAMMER dataset.py); False: flip only
+    augment: bool = True                      # training images: DGM4 ALBEF RandomAugment (HAMMER dataset.py; False: flip only); MMTT RandomResizedCrop + flip (LAVIS blip2_image_train; False: none)
     out_dir: str = "runs/dev"                 # run folder: history.jsonl, last/, best/, metrics.json, ...
 
     def __post_init__(self):

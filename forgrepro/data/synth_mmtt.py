@@ -26,8 +26,8 @@ from .render_photo import (apply_finish, encode_jpeg, file_fingerprint, finish_n
 
 # %% auto #0
 __all__ = ['FACIAL_SYNONYMS', 'ARTIFACTS', 'KINDS', 'GENERATOR_VERSION', 'SPLIT_FILES', 'caption_to_multilabel', 'RegionEdit',
-           'write_explanation', 'explanation_kind', 'apply_artifact', 'MMTTSample', 'render_samples', 'render_sample',
-           'make_synth_mmtt']
+           'write_explanation', 'explanation_kind', 'synth_kind_scores', 'apply_artifact', 'MMTTSample',
+           'render_samples', 'render_sample', 'make_synth_mmtt']
 
 # %% ../../nbs/16_data.synth_mmtt.ipynb #21a88724
 # scripts/data_preparation/to_mutilabel.py `facial_features` (kept identical; dict order = multilabel order)
@@ -173,6 +173,18 @@ def explanation_kind(text: str,  # an explanation (raw or `blip_pre_caption`-ed)
     for kind in ('faceswap', 'attribute'):
         if any(c in w for c in _KIND_CUES[kind]): return kind
     return 'real' if any(w.startswith(c) for c in _KIND_CUES['real']) else 'inpaint'
+
+# %% ../../nbs/16_data.synth_mmtt.ipynb #b230e9e4
+def synth_kind_scores(predictions: dict,  # image key -> generated explanation
+                      references: dict,  # image key -> reference explanations (the first one is the record's)
+                     ) -> dict[str, float | None]:
+    "Synth-mmtt explanation checks (×100): `kind_acc`, the share of images whose explanation names the right kind of manipulation (`explanation_kind`), and `authentic_explained`, the share of authentic images given an authentic explanation (None without authentic images)."
+    keys = list(predictions)
+    ref = [explanation_kind(references[k][0]) for k in keys]
+    hyp = [explanation_kind(predictions[k]) for k in keys]
+    real = [h == 'real' for h, r in zip(hyp, ref) if r == 'real']
+    return {'kind_acc': 100 * sum(h == r for h, r in zip(hyp, ref)) / len(keys) if keys else None,
+            'authentic_explained': 100 * sum(real) / len(real) if real else None}
 
 # %% ../../nbs/16_data.synth_mmtt.ipynb #c29b16b4
 KINDS: tuple[str, ...] = ('inpaint', 'faceswap', 'attribute', 'real')
