@@ -246,7 +246,11 @@ class DGM4Predictor:
         self.model = model.to(self.device).eval()
         self.name = name or spec.title
         self.needs: DataNeeds = spec.data_needs(task)
-        self.tokenizer = tokenizer or self.needs.tokenizer()   # the run's word vocabulary (synthetic tiny), else bert
+        own = self.needs.tokenizer()   # the run's word vocabulary (synthetic data, tiny recipe), else bert-base-uncased
+        if tokenizer is not None and tokenizer.get_vocab() != own.get_vocab():
+            raise ValueError(f"{method}: the tokenizer given has {len(tokenizer)} tokens but the model was trained with "
+                             f"{self.needs.vocab or 'bert-base-uncased'} ({len(own)} tokens); pass no tokenizer")
+        self.tokenizer = tokenizer or own
         self.collate = DGM4Collator(self.tokenizer, max_length=self.needs.max_length)
         self._detector, self.max_pixels = face_detector, max_pixels
 
