@@ -74,10 +74,11 @@ def main() -> None:
                 t["forward"] += t1 - t0; t["backward"] += t2 - t1; t["optimizer"] += t3 - t2
             row[mode] = {k: 1000 * v / args.steps for k, v in t.items()}
         n = sum(p.numel() for p in params)
-        f, l = row["foreach"], row["loop"]
+        f, l, u = row["foreach"], row["loop"], row["fused"]
         print(f"{name:8s} batch {cfg.batch_size}, {n / 1e6:.2f} M trainable: forward {f['forward']:.0f} ms, "
               f"backward {f['backward']:.0f} ms, AdamW {f['optimizer']:.0f} ms with foreach "
-              f"({l['optimizer']:.0f} ms per-tensor loop, {row['fused']['optimizer']:.0f} ms fused); step {sum(f.values()):.0f} ms; "
+              f"({l['optimizer']:.0f} ms per-tensor loop, {u['optimizer']:.0f} ms fused); step {sum(u.values()):.0f} ms with the "
+              f"fused AdamW `forgrepro.train` uses on CPU ({sum(f.values()):.0f} ms foreach); "
               f"vocab {'words' if words else 'bert'} ({len(task_vocab(task))}); data {load_ms[0]:.0f} ms/batch "
               f"(epoch 1), {load_ms[1]:.0f} ms (later epochs)", flush=True)
 
