@@ -23,10 +23,11 @@ from .task import Task
 from .train import TrainConfig, batch_plan, fit, forgerytalker_train_config, tiny_train_config, world_size, TRAIN_PRESETS
 
 # %% auto #0
-__all__ = ['TINY_DGM4_OVERRIDES', 'TINY_M4BLIP_OVERRIDES', 'HAMMER_ABLATIONS', 'METHODS', 'DataNeeds', 'MethodSpec',
-           'tiny_dgm4_train_config', 'method_spec', 'ExperimentSpec', 'data_fingerprint', 'dgm4_loaders', 'build_task',
-           'bare_model', 'run_experiment', 'load_trained', 'forgerytalker_train_configs', 'forgerytalker_run',
-           'forgerytalker_test', 'forgerytalker_config', 'load_forgerytalker']
+__all__ = ['TINY_DGM4_OVERRIDES', 'TINY_M4BLIP_OVERRIDES', 'HAMMER_ABLATIONS', 'METHODS', 'VOCAB_FILE', 'DataNeeds', 'MethodSpec',
+           'tiny_dgm4_train_config', 'method_spec', 'ExperimentSpec', 'data_fingerprint', 'is_synthetic',
+           'text_vocab_kind', 'write_word_vocabulary', 'dgm4_loaders', 'build_task', 'bare_model', 'run_experiment',
+           'load_trained', 'forgerytalker_train_configs', 'forgerytalker_run', 'forgerytalker_test',
+           'forgerytalker_config', 'load_forgerytalker']
 
 # %% ../nbs/51_experiment.ipynb #644d32e0
 @dataclass(frozen=True)
@@ -37,6 +38,12 @@ class DataNeeds:
     max_faces: int = 4             # largest faces kept per image
     aux_texts: bool = False        # ASAP LMA captions/explanations
     max_length: int = 128          # tokenizer truncation (HAMMER train.py)
+    vocab: str | None = None       # the run's word-vocabulary `vocab.txt` (synthetic tiny recipe); None: bert-base-uncased
+
+    def tokenizer(self):
+        "The text tokenizer of the loaders and the predictor: the run's word vocabulary, else the offline bert-base-uncased."
+        from forgrepro.data.text import bert_tokenizer, word_tokenizer
+        return bert_tokenizer() if self.vocab is None else word_tokenizer(self.vocab)
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -45,10 +52,11 @@ class MethodSpec:
     dataset: str                                           # 'dgm4' | 'mmtt'
     title: str                                             # as printed in tables
     ablations: Mapping[str, Mapping[str, Any]]             # ablation name -> dotted-key config overrides
-    make_task: Callable[[str, Mapping[str, Any]], Task] | None = None  # (scale, overrides) -> Task (DGM4 methods)
+    make_task: Callable[..., Task] | None = None           # (scale, overrides, tokenizer=None) -> Task (DGM4 methods)
     data_needs: Callable[[Task], DataNeeds] | None = None  # what the loaders must provide (DGM4 methods)
     train_preset: Mapping[str, Callable[[], TrainConfig]] = field(default_factory=dict)  # scale -> recipe
     scale_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # scale -> model overrides of its recipe
+    vocab_keys: tuple[str, ...] = ()                       # model-config keys sized by the text vocabulary
 
 # %% ../nbs/51_experiment.ipynb #d00fa7ea
 def tiny_dgm4_train_config() -> TrainConfig:
@@ -64,8 +72,17 @@ def tiny_dgm4_train_config() -> TrainConfig:
     # DEVIATION (issue 14): 10 epochs (750 steps) without RandomAugment (flip only). With the recipe below (conv stem
     # of 16 channels, image-branch lr 5e-4) tiny HAMMER reached test AUC 92.4 / 92.2 / 91.6 (seeds 0/1/2) against
     # 74.1 for 5 augmented epochs (`/work/scratch/recipe` runs h_n0-2, 2026-12-03, shared machine).
+    # DEVIATION (issue 14, synthetic data only): the text is tokenised with a word vocabulary built from the training
+    # split's own texts (`forgrepro.experiment.write_word_vocabulary`, saved in the run folder) instead of
+    # bert-base-uncased's 30,522 WordPieces: the tiny models' embedding tables (and M4-BLIP's tied LLM output layer)
+    # shrink to the tokens the synthetic texts use. Real DGM4 data and the paper scale keep bert-base-uncased.
+    # Full rows with it (446 tokens; synthetic test split, 2026-12-03, shared machine; `forgrepro reproduce asap_main
+    # m4blip_main` and `hammer_t2 --seeds 0 1 2`): HAMMER AUC 92.9/90.7/92.5, ACC 85.0/83.1/86.9, IoUmean 63.8/60.4/66.6,
+    # token F1 27.0/29.9/29.3 (seeds 0/1/2); ASAP (seed 0) AUC 93.6, ACC 87.2, mAP 55.8, IoUmean 64.3, F1 31.2; M4-BLIP
+    # (seed 0) AUC 91.0, ACC 82.2, mAP 77.6, IoUmean 62.5, F1 29.0. Token F1 counts tokens: the all-tokens-fake baseline
+    # is 27.40 with these tokens (28.86 with WordPieces), and HAMMER seed 0 (27.0) is below it.
     return dataclasses.replace(tiny_train_config(), epochs=10, batch_size=16, warmup_steps=20, log_every=25,
-                               clip_grad_norm=1.0, augment=False)
+                               clip_grad_norm=1.0, augment=False, vocab="words")
 
 # DEVIATION (tiny recipe): 96 px input (6x6 patches of 16) instead of the tiny encoders' 128 px, and lr 1e-3 for
 # every group: in the same budget tiny HAMMER reached test AUC 68.3 at 96 px vs 61.2 at 128 px, and tiny ASAP/M4-BLIP
@@ -96,21 +113,23 @@ TINY_DGM4_OVERRIDES: dict[str, Any] = {"vision.image_size": 96, "vision.stem": "
 # one thread, idle machine; Lite0 at 32 px: 0.56 s). Paper scale: EfficientNet-b4.
 TINY_M4BLIP_OVERRIDES: dict[str, Any] = {**TINY_DGM4_OVERRIDES, "face.face_size": 32, "face.arch": "mobilenetv3_small_050"}
 
-def _hammer_task(scale: str, overrides: Mapping[str, Any]) -> Task:
+def _hammer_task(scale: str, overrides: Mapping[str, Any], tokenizer=None) -> Task:
     from forgrepro.methods.hammer import hammer_task
     return hammer_task(scale, dict(overrides))
 
-def _asap_task(scale: str, overrides: Mapping[str, Any]) -> Task:
+def _asap_task(scale: str, overrides: Mapping[str, Any], tokenizer=None) -> Task:
     from forgrepro.methods.asap import AsapTask, asap_config
     return AsapTask(asap_config(scale, "full", dict(overrides)))
 
-def _m4blip_task(scale: str, overrides: Mapping[str, Any]) -> Task:
+def _m4blip_task(scale: str, overrides: Mapping[str, Any], tokenizer=None) -> Task:
     from forgrepro.methods.m4blip import M4BlipTask, M4BlipWeights, m4blip_config
     cfg = m4blip_config(scale, "full", dict(overrides))
-    # paper scale: pretrained parts from local paths ($FORGREPRO_BLIP2, $FORGREPRO_FACE_B4, $FORGREPRO_VICUNA)
-    return M4BlipTask(cfg, M4BlipWeights() if scale == "paper" else None)
+    # paper scale: pretrained parts from local paths ($FORGREPRO_BLIP2, $FORGREPRO_FACE_B4, $FORGREPRO_VICUNA);
+    # `tokenizer` (the run's word vocabulary) also tokenises the LLM prompt: no Vicuna tokenizer exists at tiny scale
+    return M4BlipTask(cfg, M4BlipWeights() if scale == "paper" else None, llm_tokenizer=tokenizer)
 
 def _vision_res(task: Task) -> int: return task.cfg.vision.image_size
+def _vocab(task: Task) -> str | None: return getattr(task, "text_vocab", None)   # set by `build_task`
 
 def _lazy_ablations(module: str, name: str) -> Mapping[str, Mapping[str, Any]]:
     import importlib
@@ -131,17 +150,20 @@ HAMMER_ABLATIONS: dict[str, dict[str, Any]] = {"full": {}}
 
 METHODS: dict[str, MethodSpec] = {
     "hammer": MethodSpec("hammer", "dgm4", "HAMMER", HAMMER_ABLATIONS, _hammer_task,
-                         lambda t: DataNeeds(_vision_res(t)),
-                         {"paper": TRAIN_PRESETS["hammer"], "tiny": tiny_dgm4_train_config}, {"tiny": TINY_DGM4_OVERRIDES}),
+                         lambda t: DataNeeds(_vision_res(t), vocab=_vocab(t)),
+                         {"paper": TRAIN_PRESETS["hammer"], "tiny": tiny_dgm4_train_config}, {"tiny": TINY_DGM4_OVERRIDES},
+                         ("text.vocab_size",)),
     "asap": MethodSpec("asap", "dgm4", "ASAP", _Ablations("forgrepro.methods.asap", "ASAP_ABLATIONS"), _asap_task,
-                       lambda t: DataNeeds(_vision_res(t), aux_texts=True),
-                       {"paper": TRAIN_PRESETS["asap"], "tiny": tiny_dgm4_train_config}, {"tiny": TINY_DGM4_OVERRIDES}),
+                       lambda t: DataNeeds(_vision_res(t), aux_texts=True, vocab=_vocab(t)),
+                       {"paper": TRAIN_PRESETS["asap"], "tiny": tiny_dgm4_train_config}, {"tiny": TINY_DGM4_OVERRIDES},
+                       ("text.vocab_size",)),
     "m4blip": MethodSpec("m4blip", "dgm4", "M4-BLIP", _Ablations("forgrepro.methods.m4blip", "M4BLIP_ABLATIONS"), _m4blip_task,
                          lambda t: DataNeeds(_vision_res(t), face_size=t.cfg.face.face_size if t.cfg.uses_local else 0,
-                                             max_faces=t.cfg.face.max_faces),
+                                             max_faces=t.cfg.face.max_faces, vocab=_vocab(t)),
                          # DEVIATION: M4-BLIP's paper recipe (10 epochs, AdamW, cosine) on HAMMER's loop settings
                          {"paper": lambda: dataclasses.replace(TRAIN_PRESETS["hammer"](), epochs=10, schedule="cosine"),
-                          "tiny": tiny_dgm4_train_config}, {"tiny": TINY_M4BLIP_OVERRIDES}),
+                          "tiny": tiny_dgm4_train_config}, {"tiny": TINY_M4BLIP_OVERRIDES},
+                         ("qformer.vocab_size", "llm.vocab_size")),
     "forgerytalker": MethodSpec("forgerytalker", "mmtt", "ForgeryTalker",
                                 _Ablations("forgrepro.methods.forgerytalker", "FORGERYTALKER_ABLATIONS")),
 }
@@ -212,6 +234,34 @@ def _aux_texts(root: Path, split: str, aux_dir: str | os.PathLike | None):
                                     f"{split} split (give aux_dir=...); the news text is never used in their place")
     return AuxTexts.load(captions=cap, explanations=exp)
 
+VOCAB_FILE = "tokenizer/vocab.txt"   # a run's word vocabulary, relative to its folder
+
+def is_synthetic(root: str | os.PathLike) -> bool:
+    "Whether `root` is a synthetic twin written by `forgrepro.data.synth_dgm4.make_synth_dgm4` (its manifest is there)."
+    return (Path(root) / "synth_manifest.json").is_file()
+
+def text_vocab_kind(train_cfg: TrainConfig, scale: str, root: str | os.PathLike) -> str:
+    "'words' only when the recipe asks for it, at tiny scale, on synthetic data; else 'bert' (real data keeps bert-base-uncased)."
+    return "words" if train_cfg.vocab == "words" and scale == "tiny" and is_synthetic(root) else "bert"
+
+def write_word_vocabulary(root: str | os.PathLike,  # folder containing DGM4/
+                          out: str | os.PathLike,  # the `vocab.txt` to write (e.g. `<run>/tokenizer/vocab.txt`)
+                          aux_dir: str | os.PathLike | None = None,  # ASAP aux texts (default <root>/aux, if present)
+                         ) -> Path:
+    "The word vocabulary of the TRAINING split: its pre-captioned news texts, its ASAP aux texts and M4-BLIP's prompt."
+    # Val/test words never seen in training are split into characters (every character of the training texts is a
+    # token, as is its `##` continuation), or [UNK] when a character is unseen too: no val/test text shapes the vocabulary.
+    from forgrepro.data.dgm4 import DGM4Dataset
+    from forgrepro.data.text import pre_caption, save_vocabulary, word_vocabulary
+    from forgrepro.models.llm import PromptTemplate
+    root = Path(root)
+    d = Path(aux_dir) if aux_dir is not None else root / "aux"
+    aux = _aux_texts(root, "train", d) if (d / "caption_train.json").is_file() else None
+    ds = DGM4Dataset(root, "train", aux_texts=aux, strict=False, report=IssueReport())
+    texts = [pre_caption(r.text, ds.max_words) for r in ds.records] + [t for pair in ds.aux for t in pair if t]
+    texts += [v for v in dataclasses.asdict(PromptTemplate()).values() if isinstance(v, str)]  # M4-BLIP's LLM prompt
+    return save_vocabulary(word_vocabulary(texts), out)
+
 def dgm4_loaders(root: str | os.PathLike,  # folder containing DGM4/
                  needs: DataNeeds,  # what the method needs
                  batch_size: int,  # training micro-batch (fit re-batches with its seeded sampler)
@@ -225,13 +275,16 @@ def dgm4_loaders(root: str | os.PathLike,  # folder containing DGM4/
                 ) -> dict[str, Callable[[], DataLoader]]:
     "Loader factories for the train/val/test splits of a DGM4-format folder."
     from forgrepro.data.dgm4 import DGM4Collator, DGM4Dataset
-    from forgrepro.data.text import bert_tokenizer
     root = Path(root)
-    collate = DGM4Collator(bert_tokenizer(), max_length=needs.max_length)
+    collate = DGM4Collator(needs.tokenizer(), max_length=needs.max_length)   # the run's vocabulary, else bert-base-uncased
     def make(split: str, train: bool, bs: int) -> Callable[[], DataLoader]:
+        # M4-BLIP's face crops are cut from the stored image before any flip or augmentation: every epoch's dataset
+        # shares one in-memory cache, so boxes are selected (or detected) and crops resampled once per image
+        face_cache: dict = {}
         def build() -> DataLoader:
             ds = DGM4Dataset(root, split, image_res=needs.image_res, train=train, strict=strict, report=report,
                              face_size=needs.face_size, max_faces=needs.max_faces, **({} if augment else {"augment": None}),
+                             face_cache=face_cache if needs.face_size > 0 and num_workers == 0 else None,
                              # ASAP dataset.py reads its aux files for training only (val/test: empty dicts) and
                              # the model uses them only in training mode: evaluation needs none
                              aux_texts=_aux_texts(root, split, aux_dir) if needs.aux_texts and train else None)
@@ -247,11 +300,19 @@ def _same_spec(run_dir: Path, record: dict) -> bool:
 
 def build_task(spec: ExperimentSpec,
                model_overrides: Mapping[str, Any] | None = None,  # resolved recipe (None: `spec.model_overrides()` now)
+               vocab: str | os.PathLike | None = None,  # the run's word-vocabulary `vocab.txt`; None: bert-base-uncased
               ) -> Task:
-    "The row's `Task` (DGM4 methods)."
+    "The row's `Task` (DGM4 methods); with `vocab`, its text embeddings (and M4-BLIP's LLM) are sized to that vocabulary."
+    from forgrepro.data.text import word_tokenizer
     m = method_spec(spec.method)
     if m.make_task is None: raise TypeError(f"{spec.method} is trained by its own pipeline (see run_experiment)")
-    return m.make_task(spec.scale, spec.model_overrides() if model_overrides is None else model_overrides)
+    overrides, tok = dict(spec.model_overrides() if model_overrides is None else model_overrides), None
+    if vocab is not None:
+        tok = word_tokenizer(vocab)
+        overrides |= {k: len(tok) for k in m.vocab_keys}
+    task = m.make_task(spec.scale, overrides, tokenizer=tok)
+    task.text_vocab = None if vocab is None else str(vocab)   # `DataNeeds.vocab`: loaders and predictor read it
+    return task
 
 def bare_model(method: str,  # 'hammer' | 'asap' | 'm4blip'
                cfg,  # the method's config (`build_task(...).cfg`)
@@ -284,6 +345,8 @@ def run_experiment(spec: ExperimentSpec,  # what to run
     # `model_overrides`: the recipe as resolved now, so `load_trained` rebuilds this model after the recipe changes
     record = {**spec.to_dict(), "model_overrides": spec.model_overrides(), "data_root": str(data_root.resolve()),
               "data_fingerprint": data_fingerprint(data_root)}
+    if method_spec(spec.method).dataset == "dgm4":   # 'words': the run's own vocabulary in <run>/tokenizer/vocab.txt
+        record["vocab"] = text_vocab_kind(spec.train_config(run_dir / "train"), spec.scale, data_root)
     if not force and (run_dir / "metrics.json").is_file() and _same_spec(run_dir, record):
         return load_json(run_dir / "metrics.json")
     if (run_dir / "experiment.json").is_file() and not _same_spec(run_dir, record):
@@ -301,7 +364,8 @@ def run_experiment(spec: ExperimentSpec,  # what to run
 def _run_dgm4(spec, data_root, run_dir, record, *, aux_dir, strict, force) -> dict[str, float]:
     from forgrepro.checkpoint import load_weights
     from forgrepro.evaluate import evaluate, write_metrics
-    task = build_task(spec)
+    vocab = write_word_vocabulary(data_root, run_dir / VOCAB_FILE, aux_dir) if record["vocab"] == "words" else None
+    task = build_task(spec, vocab=vocab)
     cfg = spec.train_config(run_dir / "train")
     plan = batch_plan(cfg, world_size())   # the published global batch on this launch's processes (fit applies it)
     if plan.grad_accum > 1 and hasattr(task.cfg, "momentum"):
@@ -332,7 +396,9 @@ def load_trained(run_dir: str | os.PathLike,  # a folder written by `run_experim
     spec = ExperimentSpec.from_dict({k: rec[k] for k in ("method", "scale", "ablation", "overrides", "train", "seed")})
     if "model_overrides" not in rec:   # run folders written before 2026-11-23: today's recipe, which may differ
         warnings.warn(f"{f}: no recorded model_overrides; rebuilding with the current {spec.scale} recipe")
-    task = build_task(spec, rec.get("model_overrides"))   # the recipe the row was trained with
+    vocab = run_dir / VOCAB_FILE if rec.get("vocab") == "words" else None   # runs without the key: bert-base-uncased
+    if vocab is not None and not vocab.is_file(): raise FileNotFoundError(f"{vocab}: the run's word vocabulary is missing")
+    task = build_task(spec, rec.get("model_overrides"), vocab)   # the recipe (and vocabulary) the row was trained with
     weights = next((run_dir / "train" / n for n in ("best", "last") if (run_dir / "train" / n).is_dir()), None)
     if weights is None: raise FileNotFoundError(f"{run_dir}/train has neither best/ nor last/ weights")
     with warnings.catch_warnings():   # every tensor comes from the run's checkpoint, loaded right below

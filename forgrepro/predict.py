@@ -236,7 +236,7 @@ class DGM4Predictor:
                  *,
                  name: str | None = None,  # display name (default: the method's title)
                  face_detector: FaceDetector | None = None,  # default: MTCNN with shipped weights (built on first use)
-                 tokenizer=None,  # default: `bert_tokenizer()`
+                 tokenizer=None,  # default: the task's (`DataNeeds.tokenizer()`: the run's vocabulary, else bert-base-uncased)
                  device: str | torch.device = "cpu",
                  max_pixels: int = MAX_UPLOAD_PIXELS,  # upload pixel limit
                 ):
@@ -246,7 +246,11 @@ class DGM4Predictor:
         self.model = model.to(self.device).eval()
         self.name = name or spec.title
         self.needs: DataNeeds = spec.data_needs(task)
-        self.tokenizer = tokenizer or bert_tokenizer()
+        own = self.needs.tokenizer()   # the run's word vocabulary (synthetic data, tiny recipe), else bert-base-uncased
+        if tokenizer is not None and tokenizer.get_vocab() != own.get_vocab():
+            raise ValueError(f"{method}: the tokenizer given has {len(tokenizer)} tokens but the model was trained with "
+                             f"{self.needs.vocab or 'bert-base-uncased'} ({len(own)} tokens); pass no tokenizer")
+        self.tokenizer = tokenizer or own
         self.collate = DGM4Collator(self.tokenizer, max_length=self.needs.max_length)
         self._detector, self.max_pixels = face_detector, max_pixels
 

@@ -203,7 +203,6 @@ def evaluate_dgm4(method: str, task, model: nn.Module,
     "Score a DGM4 model on `split` with the official test settings; write metrics.json, predictions.jsonl, env.json."
     from torch.utils.data import DataLoader
     from forgrepro.data.dgm4 import DGM4Collator, DGM4Dataset
-    from forgrepro.data.text import bert_tokenizer
     from forgrepro.evaluate import evaluate, write_metrics
     if precision not in PRECISIONS: raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     needs = method_spec(method).data_needs(task)
@@ -211,7 +210,7 @@ def evaluate_dgm4(method: str, task, model: nn.Module,
                      max_faces=needs.max_faces, strict=True)
     bs = batch_size or OFFICIAL_TEST_BATCH[method]
     loader = DataLoader(ds, batch_size=bs, shuffle=False, num_workers=num_workers,
-                        collate_fn=DGM4Collator(bert_tokenizer(), max_length=needs.max_length))
+                        collate_fn=DGM4Collator(needs.tokenizer(), max_length=needs.max_length))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     ev, t0 = RecordingDGM4Evaluator(breakdown=True), time.perf_counter()
     metrics = evaluate(model.to(device), ev, loader, mixed_precision=PRECISIONS[precision], max_batches=max_batches,

@@ -372,7 +372,12 @@ def trivial_baselines(kind: str,  # 'dgm4' | 'mmtt'
         if rec.get("key") == key: return rec["baselines"]
     t0 = time.perf_counter()
     if kind == "dgm4":
-        res = B.dgm4_baselines(B.dgm4_targets(root, "train"), B.dgm4_targets(root, "test"))
+        # tokens as the rows tokenise them (token F1 counts tokens): the synthetic tiny recipe's word vocabulary
+        from forgrepro.data.text import word_tokenizer
+        from forgrepro.experiment import ExperimentSpec, text_vocab_kind, write_word_vocabulary
+        words = text_vocab_kind(ExperimentSpec("hammer", scale=scale).train_config("."), scale, root) == "words"
+        tok = word_tokenizer(write_word_vocabulary(root, Path(cache_dir) / "tokenizer" / "vocab.txt")) if words else None
+        res = B.dgm4_baselines(B.dgm4_targets(root, "train", tokenizer=tok), B.dgm4_targets(root, "test", tokenizer=tok))
         out = {k: {"label": B.DGM4_BASELINES[k], "metrics": m, "note": ""} for k, m in res.items()}
     elif kind == "mmtt":
         res, texts = B.mmtt_baselines(root, image_size)

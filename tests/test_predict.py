@@ -146,7 +146,11 @@ def trained_run(tmp_path_factory):
 
 def test_trained_checkpoint(trained_run, tok):
     from forgrepro.data.dgm4 import read_dgm4, resolve_dgm4_image
-    pred = DGM4Predictor.from_run(trained_run / "run", tokenizer=tok, face_detector=FixedFaces([]))
+    pred = DGM4Predictor.from_run(trained_run / "run", face_detector=FixedFaces([]))
+    vocab = (trained_run / "run/tokenizer/vocab.txt").read_text().splitlines()   # synthetic tiny row: its own words
+    assert pred.tokenizer.get_vocab() == {t: i for i, t in enumerate(vocab)} and len(vocab) < len(tok)
+    with pytest.raises(ValueError, match="pass no tokenizer"):   # bert ids would index past the run's embeddings
+        DGM4Predictor.from_run(trained_run / "run", tokenizer=tok, face_detector=FixedFaces([]))
     data = trained_run / "data"
     r = read_dgm4(data / "DGM4/metadata/test.json")[0]
     with Image.open(resolve_dgm4_image(data, r)) as im: p, size = pred.predict(im, r.text, faces=r.mtcnn_boxes), im.size

@@ -326,14 +326,20 @@ def test_seeds_mean_sd_spread_and_baselines(e2e):
     assert (m0["AUC"], m0["ACC"], m0["IoUmean"]) != (m1["AUC"], m1["ACC"], m1["IoUmean"])    # another seed, another model
     t2 = tables.load_tables()["hammer_t2"]
     lines = md_lines((out / "hammer_t2.md").read_text())
-    want = [("—" if m0[k] is None else f"{statistics.mean([m0[k], m1[k]]):.2f} ± {statistics.stdev([m0[k], m1[k]]):.2f}")
-            for k in t2.metrics]
+    def cell(k):   # mean ± sd over the seeds where the metric is defined (n=1: no sd, marked)
+        mean, sd, n = tables.seed_stats([m0[k], m1[k]])
+        return "—" if mean is None else f"{mean:.2f}" + (f" ± {sd:.2f}" if sd is not None else " (n=1)")
+    want = [cell(k) for k in t2.metrics]
     assert lines[("HAMMER", "ours")] == want
     rows = [r for r in csv.DictReader(io.StringIO((out / "hammer_t2.csv").read_text())) if r["row"] == "HAMMER"]
     assert (rows[0]["metric"], rows[0]["ours_n"], rows[0]["ours_seeds"]) == ("AUC", "2", f"0:{m0['AUC']:.4f};1:{m1['AUC']:.4f}")
     # the input-blind rows are forgrepro.baselines on the same test split
     root = repro.synthetic_dataset("dgm4", cache_dir=d / "cache", generator_overrides=TINY_DGM4)
-    b = B.dgm4_baselines(B.dgm4_targets(root, "train"), B.dgm4_targets(root, "test"))
+    from forgrepro.data.text import word_tokenizer
+    tok = word_tokenizer(runs / repro.BASELINES_DIR / "tokenizer" / "vocab.txt")   # token F1 over the rows' own tokens
+    test_vocab = word_tokenizer(runs / "hammer" / "tokenizer" / "vocab.txt").get_vocab()
+    assert tok.get_vocab() == test_vocab and len(test_vocab) < 30522                  # synthetic tiny: its word vocabulary
+    b = B.dgm4_baselines(B.dgm4_targets(root, "train", tokenizer=tok), B.dgm4_targets(root, "test", tokenizer=tok))
     for name, label in B.DGM4_BASELINES.items():
         assert lines[(label, "input-blind")] == ["—" if b[name][k] != b[name][k] else f"{b[name][k]:.2f}" for k in t2.metrics]
     spread = (out / "seed_spread.md").read_text()

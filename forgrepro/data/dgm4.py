@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Hashable, Literal
 
 import numpy as np
 import pandas as pd
@@ -472,12 +472,14 @@ class DGM4Dataset(Dataset):
                  max_pixels: int | None = DEFAULT_MAX_PIXELS,  # decompression-bomb guard
                  check_files: bool = False,  # check every image exists at construction
                  generator: torch.Generator | None = None,  # RNG for flip/augment (single-process use)
+                 face_cache: dict | None = None,  # face crops per record, kept across epochs (pass the same dict to each epoch's dataset)
                 ):
         self.split_file = find_dgm4_split(root, split)
         self.data_root = dgm4_data_root(root if root is not None else self.split_file.parents[2])
         self.report = report if report is not None else IssueReport()
         self.image_res, self.train, self.strict, self.max_words = image_res, train, strict, max_words
         self.face_size, self.max_faces, self.face_detector = face_size, max_faces, face_detector
+        self.face_cache = face_cache
         self.augment, self.max_side, self.max_pixels, self.generator = augment, max_side, max_pixels, generator
         self.aux_texts = aux_texts
         records = read_dgm4(self.split_file, strict=strict, report=self.report)
@@ -519,7 +521,8 @@ class DGM4Dataset(Dataset):
         li = load_image(path, record=rec.where, report=issues, max_side=self.max_side, max_pixels=self.max_pixels)
         return dgm4_sample(li, rec, aux, issues, image_res=self.image_res, max_words=self.max_words, train=self.train,
                            augment=self.augment, generator=self.generator, face_size=self.face_size,
-                           max_faces=self.max_faces, face_detector=self.face_detector)
+                           max_faces=self.max_faces, face_detector=self.face_detector,
+                           face_cache=self.face_cache, face_key=(str(self.split_file), rec.where, rec.image))
 
 
 def dgm4_sample(li: LoadedImage,  # the decoded image (`load_image`, or an in-memory upload wrapped in `LoadedImage`)
@@ -535,6 +538,8 @@ def dgm4_sample(li: LoadedImage,  # the decoded image (`load_image`, or an in-me
                 face_size: int = 0,  # > 0: also return face crops of this size
                 max_faces: int = 4,  # largest faces kept
                 face_detector: FaceDetector | None = None,  # for records without mtcnn_boxes
+                face_cache: dict | None = None,  # crops of earlier epochs: (face_key, size, max_faces) -> unflipped crops
+                face_key: Hashable | None = None,  # this record's key in `face_cache`
                ) -> DGM4Sample:
     "The `DGM4Sample` of one decoded image and its record: the one transform `DGM4Dataset` and the predictor share."
     issues = issues if issues is not None else IssueReport()
@@ -553,15 +558,34 @@ def dgm4_sample(li: LoadedImage,  # the decoded image (`load_image`, or an in-me
     words = torch.zeros(max_words)
     words[[p for p in rec.fake_text_pos if p < max_words]] = 1.0
     text = pre_caption(rec.text, max_words)
-    faces = _faces(rec, li, flip, issues, face_size, max_faces, face_detector) if face_size > 0 else (None, None, None)
+    faces = (_faces(rec, li, flip, issues, face_size, max_faces, face_detector, face_cache, face_key)
+             if face_size > 0 else (None, None, None))
     meta = {"id": rec.id, "image": rec.image, "index": rec.index, "source": rec.source, "fake_cls": rec.fake_cls,
             "text": text, "orig_size": (W, H), "flipped": flip, "path": str(li.path), "repairs": list(issues.issues)}
     return DGM4Sample(to_normalized_tensor(arr), text, words, rec.label, torch.tensor(rec.multi_label, dtype=torch.float),
                       box, rec.fake_cls_index, meta, *faces, *aux)
 
 def _faces(rec: DGM4Record, li: LoadedImage, flip: bool, issues: IssueReport, face_size: int, max_faces: int,
-           face_detector: FaceDetector | None):
+           face_detector: FaceDetector | None, cache: dict | None = None, key: Hashable | None = None):
     "Face crops (F, 3, S, S), mask (F,), normalised xyxy boxes (F, 4) for one image."
+    W, H = li.orig_size
+    ck = None if cache is None or key is None else (key, face_size, max_faces)
+    if ck is not None and ck in cache:   # an earlier epoch's crops of the same image (detection and roi_align skipped)
+        crops, chosen, no_face = cache[ck]
+        if no_face: issues.repair("no_face", rec.source, rec.where, "no face box (mtcnn_boxes/detector); used the whole image")
+    else:
+        crops, chosen, no_face = _face_crops(rec, li, issues, face_size, max_faces, face_detector)
+        if ck is not None: cache[ck] = (crops, chosen, no_face)
+    S, F, n = face_size, max_faces, len(chosen)
+    faces, fmask, fboxes = torch.zeros(F, 3, S, S), torch.zeros(F, dtype=torch.bool), torch.zeros(F, 4)
+    if flip: crops, chosen = crops.flip(-1), np.stack([W - chosen[:, 2], chosen[:, 1], W - chosen[:, 0], chosen[:, 3]], 1)
+    faces[:n], fmask[:n] = crops, True
+    fboxes[:n] = torch.as_tensor(chosen / np.array([W, H, W, H]), dtype=torch.float32)
+    return faces, fmask, fboxes
+
+def _face_crops(rec: DGM4Record, li: LoadedImage, issues: IssueReport, face_size: int, max_faces: int,
+                face_detector: FaceDetector | None) -> tuple[Tensor, np.ndarray, bool]:
+    "Unflipped crops (F', 3, S, S), their boxes (F', 4) in stored pixels, and whether the whole image stood in for a face."
     W, H = li.orig_size
     sx, sy = li.scale
     boxes = np.asarray(rec.mtcnn_boxes, np.float64).reshape(-1, 4)
@@ -569,17 +593,13 @@ def _faces(rec: DGM4Record, li: LoadedImage, flip: bool, issues: IssueReport, fa
         boxes = np.asarray(face_detector(li.image), np.float64).reshape(-1, 4) / np.array([sx, sy, sx, sy])
     boxes = np.stack([boxes[:, 0].clip(0, W), boxes[:, 1].clip(0, H), boxes[:, 2].clip(0, W), boxes[:, 3].clip(0, H)], 1)
     boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
-    if len(boxes) == 0:  # DEVIATION: our fallback (DGM4 has no official face pipeline): the whole image, counted
+    no_face = len(boxes) == 0
+    if no_face:  # DEVIATION: our fallback (DGM4 has no official face pipeline): the whole image, counted
         boxes = np.array([[0.0, 0.0, W, H]])
         issues.repair("no_face", rec.source, rec.where, "no face box (mtcnn_boxes/detector); used the whole image")
     chosen = np.asarray(select_faces(boxes.tolist(), max_faces))               # largest first, (F', 4) stored pixels
-    S, F, n = face_size, max_faces, len(chosen)
-    faces, fmask, fboxes = torch.zeros(F, 3, S, S), torch.zeros(F, dtype=torch.bool), torch.zeros(F, 4)
-    crops = crop_faces(li.image, (chosen * np.array([sx, sy, sx, sy])).tolist(), S, normalize=True)
-    if flip: crops, chosen = crops.flip(-1), np.stack([W - chosen[:, 2], chosen[:, 1], W - chosen[:, 0], chosen[:, 3]], 1)
-    faces[:n], fmask[:n] = crops, True
-    fboxes[:n] = torch.as_tensor(chosen / np.array([W, H, W, H]), dtype=torch.float32)
-    return faces, fmask, fboxes
+    crops = crop_faces(li.image, (chosen * np.array([sx, sy, sx, sy])).tolist(), face_size, normalize=True)
+    return crops, chosen, no_face
 
 
 

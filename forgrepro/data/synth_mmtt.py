@@ -174,7 +174,7 @@ def explanation_kind(text: str,  # an explanation (raw or `blip_pre_caption`-ed)
         if any(c in w for c in _KIND_CUES[kind]): return kind
     return 'real' if any(w.startswith(c) for c in _KIND_CUES['real']) else 'inpaint'
 
-# %% ../../nbs/16_data.synth_mmtt.ipynb #b230e9e4
+# %% ../../nbs/16_data.synth_mmtt.ipynb #ba1716e4
 def synth_kind_scores(predictions: dict,  # image key -> generated explanation
                       references: dict,  # image key -> reference explanations (the first one is the record's)
                      ) -> dict[str, float | None]:
