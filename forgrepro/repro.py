@@ -233,9 +233,11 @@ def is_cached(run_dir: str | os.PathLike, key: str) -> bool:
     return (run_dir / "metrics.json").is_file() and (run_dir / "cache_key").is_file() \
         and (run_dir / "cache_key").read_text().strip() == key
 
-# Tiny-scale CPU seconds per row by method (one thread, `make reproduce` of 2026-11-23): only orders the rows of a
-# parallel reproduction (longest first) when a row has no earlier run to read its time from.
-TINY_ROW_SECONDS = {"hammer": 130.0, "asap": 250.0, "m4blip": 330.0, "forgerytalker": 127.0}  # issue-14 recipe (10 epochs), estimated
+# Tiny-scale CPU seconds per row by method, or by 'method:ablation' where a row differs (one thread, issue-14 recipe,
+# estimated 2026-12-03): only orders the rows of a parallel reproduction (longest first) when a row has no earlier run
+# to read its time from. ForgeryTalker's full row also trains the FPN its other rows do not need.
+TINY_ROW_SECONDS = {"hammer": 110.0, "asap": 200.0, "m4blip": 260.0, "forgerytalker": 150.0,
+                    "forgerytalker:full": 480.0}
 
 def expected_seconds(params: Mapping[str, Any]) -> float:
     "A row's expected run time: its last run's `env.json` seconds, else `TINY_ROW_SECONDS` of its method (else 0)."
@@ -243,7 +245,8 @@ def expected_seconds(params: Mapping[str, Any]) -> float:
     if env is not None and env.is_file():
         try: return float(load_json(env)["seconds"])
         except (KeyError, TypeError, ValueError): pass
-    return TINY_ROW_SECONDS.get(params.get("method", ""), 0.0)
+    m = params.get("method", "")
+    return TINY_ROW_SECONDS.get(f"{m}:{params.get('ablation') or 'full'}", TINY_ROW_SECONDS.get(m, 0.0))
 
 def kernel_name() -> str:
     "`$FORGREPRO_KERNEL`, else `python3` (the Makefile registers the venv's kernel under that name)."

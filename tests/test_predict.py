@@ -138,7 +138,8 @@ def trained_run(tmp_path_factory):
     from forgrepro.experiment import run_experiment
     d = tmp_path_factory.mktemp("run")
     root = synth.make_synth_dgm4(d / "data", n_train=32, n_val=8, n_test=8, workers=1)
-    spec = ExperimentSpec("hammer", "tiny", "full", train={"epochs": 1, "batch_size": 16, "max_steps": 1, "warmup_steps": 0})
+    spec = ExperimentSpec("hammer", "tiny", "full", train={"epochs": 1, "batch_size": 16, "max_steps": 1, "warmup_steps": 0,
+                                                        "vocab": "words"})   # the opt-in word vocabulary: reloaded from the run
     with pytest.warns(UserWarning, match=r"metric .* is nan"):   # 8 test records: per-type subsets are empty
         run_experiment(spec, root, d / "run", device="cpu")
     return d
@@ -147,7 +148,7 @@ def trained_run(tmp_path_factory):
 def test_trained_checkpoint(trained_run, tok):
     from forgrepro.data.dgm4 import read_dgm4, resolve_dgm4_image
     pred = DGM4Predictor.from_run(trained_run / "run", face_detector=FixedFaces([]))
-    vocab = (trained_run / "run/tokenizer/vocab.txt").read_text().splitlines()   # synthetic tiny row: its own words
+    vocab = (trained_run / "run/tokenizer/vocab.txt").read_text().splitlines()   # a word-vocabulary row: its own words
     assert pred.tokenizer.get_vocab() == {t: i for i, t in enumerate(vocab)} and len(vocab) < len(tok)
     with pytest.raises(ValueError, match="pass no tokenizer"):   # bert ids would index past the run's embeddings
         DGM4Predictor.from_run(trained_run / "run", tokenizer=tok, face_detector=FixedFaces([]))
