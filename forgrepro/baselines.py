@@ -152,6 +152,8 @@ def mmtt_baselines(root: str | os.PathLike,  # MMTT-format folder
     from forgrepro.data.mmtt import MMTTDataset, find_mmtt_split, read_mmtt
     from forgrepro.data.text import blip_pre_caption
     from forgrepro.metrics.mmtt import caption_metrics, mask_metrics, plm, summarize_mask_metrics
+    from forgrepro.data.synth_mmtt import synth_kind_scores
+    synthetic = any((d / "synth_manifest.json").is_file() for d in (Path(root), Path(root).parent))
     train = [blip_pre_caption(r.caption) for r in read_mmtt(find_mmtt_split(root, "train"))]
     most = Counter(train).most_common(1)[0][0]
     best, best_train_cider = best_constant_explanation(train, max_candidates)
@@ -160,7 +162,9 @@ def mmtt_baselines(root: str | os.PathLike,  # MMTT-format folder
     def captions(text: str) -> dict[str, float | None]:
         m = caption_metrics({k: text for k in refs}, refs, meteor=meteor)
         m.pop("N", None)
-        return m | {"PLM": plm([text] * len(refs), [" ".join(v) for v in refs.values()]), "distinct_explanations": 1.0}
+        m |= {"PLM": plm([text] * len(refs), [" ".join(v) for v in refs.values()]), "distinct_explanations": 1.0}
+        if synthetic: m |= synth_kind_scores({k: text for k in refs}, refs)   # synth-mmtt: kind_acc, authentic_explained
+        return m
     test = MMTTDataset(root, "test", image_size=image_size)
     gt = torch.stack([test[i].mask for i in range(len(test))])[:, 0] > 0.5
     s = summarize_mask_metrics(mask_metrics(torch.ones_like(gt), gt))

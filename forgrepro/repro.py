@@ -340,10 +340,11 @@ def run_row(params: Mapping[str, Any],  # resolved notebook parameters (data and
 # %% ../nbs/52_repro.ipynb #b8c2d3e4
 HEADLINE_METRICS = {"dgm4": ("AUC", "ACC", "mAP", "IoUmean", "F1"), "mmtt": ("CIDEr", "IoU")}  # the bars of issue 14
 SPREAD_METRICS = {"dgm4": ("AUC", "EER", "ACC", "mAP", "IoUmean", "F1"),
-                  "mmtt": ("CIDEr", "BLEU-4", "ROUGE-L", "PLM", "IoU", "distinct_explanations")}
+                  "mmtt": ("CIDEr", "BLEU-4", "ROUGE-L", "PLM", "IoU", "distinct_explanations",
+                           "authentic_explained")}
 BASELINE_COLUMNS = {"dgm4": ("AUC", "EER", "ACC", "mAP", "CF1", "OF1", "IoUmean", "IoU50", "IoU75", "Precision", "Recall", "F1"),
                     "mmtt": ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "PLM", "IoU", "Precision", "Recall",
-                             "distinct_explanations")}
+                             "distinct_explanations", "kind_acc", "authentic_explained")}
 BASELINES_DIR = "_baselines"   # under runs/<data-key>/<scale>/ (not a row id: figures and plans never see it)
 
 def seed_run_dir(runs_dir: str | os.PathLike, row: str, seed: int | None, own_seed: int = 0) -> Path:
