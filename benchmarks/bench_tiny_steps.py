@@ -78,7 +78,7 @@ def main() -> None:
         print(f"{name:8s} batch {cfg.batch_size}, {n / 1e6:.2f} M trainable: forward {f['forward']:.0f} ms, "
               f"backward {f['backward']:.0f} ms, AdamW {f['optimizer']:.0f} ms with foreach "
               f"({l['optimizer']:.0f} ms per-tensor loop, {u['optimizer']:.0f} ms fused); step {sum(u.values()):.0f} ms with the "
-              f"fused AdamW `forgrepro.train` uses on CPU ({sum(f.values()):.0f} ms foreach); "
+              f"fused AdamW (`forgrepro.train` trains with foreach: {sum(f.values()):.0f} ms foreach); "
               f"vocab {'words' if words else 'bert'} ({len(task_vocab(task))}); data {load_ms[0]:.0f} ms/batch "
               f"(epoch 1), {load_ms[1]:.0f} ms (later epochs)", flush=True)
 
