@@ -235,8 +235,9 @@ def _aux_texts(root: Path, split: str, aux_dir: str | os.PathLike | None):
 VOCAB_FILE = "tokenizer/vocab.txt"   # a run's word vocabulary, relative to its folder
 
 def is_synthetic(root: str | os.PathLike) -> bool:
-    "Whether `root` is a synthetic twin written by `forgrepro.data.synth_dgm4.make_synth_dgm4` (its manifest is there)."
-    return (Path(root) / "synth_manifest.json").is_file()
+    "Whether `root` is a synthetic twin: its manifest is there (`make_synth_dgm4`), or beside it for an MMTT `dataset/` folder (`make_synth_mmtt`)."
+    root = Path(root)
+    return (root / "synth_manifest.json").is_file() or (root.name == "dataset" and (root.parent / "synth_manifest.json").is_file())
 
 def text_vocab_kind(train_cfg: TrainConfig, scale: str, root: str | os.PathLike) -> str:
     "'words' only when the recipe asks for it, at tiny scale, on synthetic data; else 'bert' (real data keeps bert-base-uncased)."
@@ -517,10 +518,6 @@ def forgerytalker_run(data_root: str | os.PathLike,  # MMTT-format folder (annot
     if validate: load_checkpoint(_weights_dir(out / "stage2"), model)
     return forgerytalker_test(model, cfg, ltok, qtok, root, out, caption_metrics=caption_metrics)   # generation + metrics
 
-def _is_synthetic_mmtt(root: Path) -> bool:
-    "Whether an MMTT folder was written by `make_synth_mmtt` (its manifest sits beside `dataset/`)."
-    return any((d / "synth_manifest.json").is_file() for d in (root, root.parent))
-
 def forgerytalker_test(model: nn.Module,  # a ForgeryTalker (eval mode is set here)
                        cfg,  # its `ForgeryTalkerConfig` (prompts, image size)
                        llm_tokenizer, qformer_tokenizer,
@@ -554,7 +551,7 @@ def forgerytalker_test(model: nn.Module,  # a ForgeryTalker (eval mode is set he
     if cfg.prompts != "fpn": ordered |= {"region_F1": None, "fpn_PLM": None}   # no FPN in this row: not applicable
     # how many different explanations the row wrote for the test images (1: the explanation ignores the image)
     ordered["distinct_explanations"] = float(len(set(ev.predictions.values())))
-    if _is_synthetic_mmtt(Path(data_root)): ordered |= synth_kind_scores(ev.predictions, ev.references)
+    if is_synthetic(data_root): ordered |= synth_kind_scores(ev.predictions, ev.references)
     metrics: dict[str, float | None] = {k: None if v is None or v != v else v for k, v in ordered.items()}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="metric .* is nan")  # unavailable metrics are written as null
