@@ -572,10 +572,10 @@ def _faces(rec: DGM4Record, li: LoadedImage, flip: bool, issues: IssueReport, fa
     ck = None if cache is None or key is None else (key, face_size, max_faces)
     if ck is not None and ck in cache:   # an earlier epoch's crops of the same image (detection and roi_align skipped)
         crops, chosen, no_face = cache[ck]
-        if no_face: issues.repair("no_face", rec.source, rec.where, "no face box (mtcnn_boxes/detector); used the whole image")
     else:
-        crops, chosen, no_face = _face_crops(rec, li, issues, face_size, max_faces, face_detector)
+        crops, chosen, no_face = _face_crops(rec, li, face_size, max_faces, face_detector)
         if ck is not None: cache[ck] = (crops, chosen, no_face)
+    if no_face: issues.repair("no_face", rec.source, rec.where, "no face box (mtcnn_boxes/detector); used the whole image")
     S, F, n = face_size, max_faces, len(chosen)
     faces, fmask, fboxes = torch.zeros(F, 3, S, S), torch.zeros(F, dtype=torch.bool), torch.zeros(F, 4)
     if flip: crops, chosen = crops.flip(-1), np.stack([W - chosen[:, 2], chosen[:, 1], W - chosen[:, 0], chosen[:, 3]], 1)
@@ -583,7 +583,7 @@ def _faces(rec: DGM4Record, li: LoadedImage, flip: bool, issues: IssueReport, fa
     fboxes[:n] = torch.as_tensor(chosen / np.array([W, H, W, H]), dtype=torch.float32)
     return faces, fmask, fboxes
 
-def _face_crops(rec: DGM4Record, li: LoadedImage, issues: IssueReport, face_size: int, max_faces: int,
+def _face_crops(rec: DGM4Record, li: LoadedImage, face_size: int, max_faces: int,
                 face_detector: FaceDetector | None) -> tuple[Tensor, np.ndarray, bool]:
     "Unflipped crops (F', 3, S, S), their boxes (F', 4) in stored pixels, and whether the whole image stood in for a face."
     W, H = li.orig_size
@@ -595,8 +595,7 @@ def _face_crops(rec: DGM4Record, li: LoadedImage, issues: IssueReport, face_size
     boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
     no_face = len(boxes) == 0
     if no_face:  # DEVIATION: our fallback (DGM4 has no official face pipeline): the whole image, counted
-        boxes = np.array([[0.0, 0.0, W, H]])
-        issues.repair("no_face", rec.source, rec.where, "no face box (mtcnn_boxes/detector); used the whole image")
+        boxes = np.array([[0.0, 0.0, W, H]])   # reported by `_faces`, on every epoch
     chosen = np.asarray(select_faces(boxes.tolist(), max_faces))               # largest first, (F', 4) stored pixels
     crops = crop_faces(li.image, (chosen * np.array([sx, sy, sx, sy])).tolist(), face_size, normalize=True)
     return crops, chosen, no_face
