@@ -273,17 +273,20 @@ def dgm4_loaders(root: str | os.PathLike,  # folder containing DGM4/
                  augment: bool = True,  # training split: ALBEF RandomAugment (False: horizontal flip only)
                 ) -> dict[str, Callable[[], DataLoader]]:
     "Loader factories for the train/val/test splits of a DGM4-format folder."
-    from forgrepro.data.dgm4 import DGM4Collator, DGM4Dataset
+    from forgrepro.data.dgm4 import DGM4Collator, DGM4Dataset, ImageCache
     root = Path(root)
     collate = DGM4Collator(needs.tokenizer(), max_length=needs.max_length)   # the run's vocabulary, else bert-base-uncased
     def make(split: str, train: bool, bs: int) -> Callable[[], DataLoader]:
         # M4-BLIP's face crops are cut from the stored image before any flip or augmentation: every epoch's dataset
         # shares one in-memory cache, so boxes are selected (or detected) and crops resampled once per image
         face_cache: dict = {}
+        # decoded and resized images likewise (bounded: `ImageCache`); with workers each would hold its own copy
+        image_cache = ImageCache() if num_workers == 0 else None
         def build() -> DataLoader:
             ds = DGM4Dataset(root, split, image_res=needs.image_res, train=train, strict=strict, report=report,
                              face_size=needs.face_size, max_faces=needs.max_faces, **({} if augment else {"augment": None}),
                              face_cache=face_cache if needs.face_size > 0 and num_workers == 0 else None,
+                             image_cache=image_cache,
                              # ASAP dataset.py reads its aux files for training only (val/test: empty dicts) and
                              # the model uses them only in training mode: evaluation needs none
                              aux_texts=_aux_texts(root, split, aux_dir) if needs.aux_texts and train else None)
@@ -474,6 +477,7 @@ def forgerytalker_run(data_root: str | os.PathLike,  # MMTT-format folder (annot
     "Stage 1 (FPN) → stage 2 → beam search on the test split; writes and returns flat `metrics.json`."
     import numpy as np
     from forgrepro.checkpoint import load_checkpoint
+    from forgrepro.data.io import BoundedCache
     from forgrepro.data.mmtt import REGIONS, MMTTDataset, find_mmtt_split, read_mmtt
     from forgrepro.data.prompts import load_llm_tokenizer, load_qformer_tokenizer, train_explanation_tokenizer
     from forgrepro.evaluate import evaluate, write_metrics
@@ -490,8 +494,10 @@ def forgerytalker_run(data_root: str | os.PathLike,  # MMTT-format folder (annot
     fpn_tcfg, tcfg = forgerytalker_train_configs(scale, seed)
     tcfg = override(tcfg, train_main)
     S = cfg.vision.image_size
+    caches = {}   # without augmentation a sample is the same every epoch: each split's decoded samples are kept (bounded)
     ds = lambda split, train=False: MMTTDataset(root, split, image_size=S, train=train,
-                                                generator=torch.Generator().manual_seed(seed))
+                                                generator=torch.Generator().manual_seed(seed),
+                                                cache=caches.setdefault(split, BoundedCache()))
     if scale == "tiny" and cfg.llm_tokenizer is None:  # no T5 vocabulary offline: a small one from the training split
         captions = [r.caption for r in read_mmtt(find_mmtt_split(root, "train"))]
         train_explanation_tokenizer(captions, out_dir=out / "tokenizer")

@@ -21,7 +21,8 @@ from ..core import DataError, Issue, IssueReport, handle_error
 
 # %% auto #0
 __all__ = ['DEFAULT_MAX_PIXELS', 'CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'iter_records', 'read_indexed_records',
-           'read_records', 'LoadedImage', 'load_image', 'load_mask', 'to_normalized_tensor', 'Skipped', 'batch_issues']
+           'read_records', 'LoadedImage', 'load_image', 'load_mask', 'to_normalized_tensor', 'Skipped', 'batch_issues',
+           'BoundedCache']
 
 # %% ../../nbs/05_data.io.ipynb #eaa09467
 def iter_records(path: str | os.PathLike,  # JSON array or JSONL file
@@ -226,3 +227,18 @@ class Skipped:
 def batch_issues(batch) -> list[Issue]:
     "Every issue a collated batch carries: its skipped samples and the repairs listed in `meta[i]['repairs']`."
     return [*batch.skipped, *(i for m in batch.meta for i in m.get("repairs", ()))]
+
+# %% ../../nbs/05_data.io.ipynb #2b8343e0
+class BoundedCache:
+    "Items kept in memory until `max_bytes` (the caller states each item's size); later items are not kept."
+    def __init__(self, max_bytes: int = 1 << 30):  # 1 GiB
+        self.max_bytes, self.nbytes, self._d = max_bytes, 0, {}
+    def __len__(self) -> int: return len(self._d)
+    def __contains__(self, key) -> bool: return key in self._d
+    def get(self, key): return self._d.get(key)
+    def put(self, key, item, nbytes: int) -> bool:
+        "Keep `item` if the budget allows; return whether it was kept (a key already present is not replaced)."
+        if key in self._d or self.nbytes + nbytes > self.max_bytes: return False
+        self._d[key], self.nbytes = item, self.nbytes + nbytes
+        return True
+

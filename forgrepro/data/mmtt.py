@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from ..core import DataError, Issue, IssueReport, handle_error
 from .batch import MMTTBatch
-from .io import (CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS, Skipped, iter_records, load_image, load_mask,
+from .io import (CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS, BoundedCache, Skipped, iter_records, load_image, load_mask,
                                to_normalized_tensor)
 from .text import blip_pre_caption
 
@@ -219,8 +219,10 @@ class MMTTDataset(Dataset):
                  max_pixels: int | None = DEFAULT_MAX_PIXELS,  # decompression-bomb guard
                  check_files: bool = False,  # check every image/mask exists at construction
                  generator: torch.Generator | None = None,  # RNG for crop/flip (single-process use)
+                 cache: BoundedCache | None = None,  # test-time samples (`train=False`) kept across epochs
                 ):
         self.split_file = find_mmtt_split(root, split, simple=simple)
+        self.cache = cache
         self.data_root = mmtt_data_root(root if root is not None else self.split_file.parent)
         self.report = report if report is not None else IssueReport()
         self.image_size, self.train, self.sync_aug, self.strict, self.scale = image_size, train, sync_aug, strict, scale
@@ -242,7 +244,14 @@ class MMTTDataset(Dataset):
 
     def __getitem__(self, i: int) -> MMTTSample | Skipped:
         rec, issues = self.records[i], IssueReport()
-        try: return self._sample(rec, issues)
+        # without training augmentation a sample is a pure function of its record: an earlier epoch's is the same
+        key = (str(self.split_file), rec.where, self.image_size)
+        if not self.train and self.cache is not None and key in self.cache: return self.cache.get(key)
+        try:
+            s = self._sample(rec, issues)
+            if not self.train and self.cache is not None:
+                self.cache.put(key, s, s.image.nbytes + s.mask.nbytes + s.multilabel.nbytes)
+            return s
         except DataError as err:
             if self.strict: raise
             issues.skip(err)
