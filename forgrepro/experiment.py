@@ -422,7 +422,11 @@ def forgerytalker_train_configs(scale: str,  # 'tiny' | 'paper'
     if scale != "tiny": raise ValueError(f"scale must be 'tiny' or 'paper', got {scale!r}")
     # stage 2: 1 epoch (200 steps of 16 at the 3,200 training images of the tiny synth-mmtt) at lr 5e-3
     # (`forgerytalker_tiny().lr`) with the global grad norm clipped to 1: a from-scratch T5 with std-1 embeddings barely
-    # leaves the unigram plateau at 1e-3 in 100 steps.
+    # leaves the unigram plateau at 1e-3 in 100 steps. Tried and not adopted (issue 14, 2026-12-03, `forgerytalker_run(...,
+    # train_overrides={"epochs": 3})`, test split): 3 epochs (600 steps) gave mask IoU 47.1 / 48.5 / 47.9 (seeds 0/1/2;
+    # 1 epoch: 43.6 / 44.3 / 14.1), 6-10 distinct explanations (3-5) and inpainting explanations that name regions, but
+    # CIDEr 46.0 / 67.2 / 75.1 (1 epoch: 62.3 / 46.8 / 54.5; best constant 54.0): seed 0 wrote the face-swap sentence for
+    # every face it called manipulated, so the per-seed CIDEr bar still fails, at ~3 more minutes of `make reproduce`.
     # DEVIATION (tiny only): stage 1 is 15 epochs (3,000 steps, ~5.5 min on one idle core) at lr 2e-3 with the grad
     # norm clipped to 1, on the conv-stem FPN of `fpn_tiny`; neither stage augments its training images
     # (`augment=False`; LAVIS: RandomResizedCrop(0.5-1) + flip, and a flip swaps the left/right region labels).
