@@ -12,6 +12,13 @@ Three probes on a generated set (default parameters unless told otherwise):
     train -> test AUC. Target: near chance at difficulty 1 (text manipulations only detectable against the image);
     below it the text-attribute generator's own words (generator 1.1, probability 1 - difficulty) leak a little.
 
+(d) with --mmtt: the synthetic MMTT twin, GLOBAL image statistics (as (a)) -> authentic vs manipulated face.
+    Logistic regression, stratified 5-fold cross-validation over every split. Target: AUC < 0.6 (the manipulation
+    must be found in the face, not in the file). `--mmtt synthetic` reads the cached tiny set of `forgrepro reproduce`.
+
+Measured 2026-12-03: (d) on the tiny reproduction set (configs/data/synthetic.yaml, 3,408 images, 852 authentic):
+    AUC 0.542 (`python benchmarks/check_synth_difficulty.py --mmtt synthetic --skip-dgm4`).
+
 Measured 2026-11-23 (generator 1.1, 1 thread, --cnn-seconds 20):
     default set (difficulty 0.5, 1800/200/400):              (a) 0.544  (b) 0.931  (c) 0.566
     reproduction set (difficulty 0, 1200/128/320, cached by `forgrepro reproduce`): (a) 0.555  (b) 0.988  (c) 0.604
@@ -20,6 +27,7 @@ Usage:
     python benchmarks/check_synth_difficulty.py                    # generate the default set in a temp dir
     python benchmarks/check_synth_difficulty.py --root DIR         # reuse a generated set (folder containing DGM4/)
     python benchmarks/check_synth_difficulty.py --difficulty 0.6 --cnn-seconds 60
+    python benchmarks/check_synth_difficulty.py --mmtt synthetic --skip-dgm4   # (d) only, on the cached tiny synth-mmtt
 """
 from __future__ import annotations
 
@@ -128,13 +136,49 @@ def probe_text(root: Path) -> float:
     return float(roc_auc_score(lab(te), clf.predict_proba(vec.transform([r['text'] for r in te]))[:, 1]))
 
 
+def probe_mmtt_global(root: Path) -> tuple[float, int, int]:
+    "(d) stratified 5-fold CV AUC of a logistic regression on global image statistics, authentic vs manipulated MMTT faces."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from forgrepro.data.mmtt import mmtt_data_root, read_mmtt
+    from forgrepro.data.synth_mmtt import explanation_kind   # the twin's authentic faces have an all-black mask too
+    files = sorted(Path(root).rglob('*-mutilabel.json'))
+    if not files: raise FileNotFoundError(f"no MMTT annotation files (*-mutilabel.json) under {root}")
+    data_root = mmtt_data_root(files[0].parent)
+    images = {}
+    for f in files:
+        for r in read_mmtt(f): images[r.img_path] = int(explanation_kind(r.caption) != 'real')
+    paths = sorted(images)
+    X = np.stack([global_features(data_root / p) for p in paths])
+    y = np.array([images[p] for p in paths])
+    scores = np.zeros(len(y))
+    for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(X, y):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0)).fit(X[tr], y[tr])
+        scores[te] = clf.predict_proba(X[te])[:, 1]
+    return float(roc_auc_score(y, scores)), len(y), int((y == 0).sum())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--root', type=Path, help='existing synthetic set (folder containing DGM4/); default: generate one')
     ap.add_argument('--difficulty', type=float, default=None, help='generate with this difficulty (default: the default)')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--cnn-seconds', type=float, default=60.0)
+    ap.add_argument('--mmtt', help="also probe a synthetic MMTT set (d): its folder, or 'synthetic' for the cached tiny set")
+    ap.add_argument('--skip-dgm4', action='store_true', help='run only (d)')
     args = ap.parse_args()
+    if args.mmtt:
+        if args.mmtt == 'synthetic':
+            from forgrepro.repro import synthetic_dataset
+            mroot = synthetic_dataset('mmtt', 'tiny')
+        else: mroot = Path(args.mmtt)
+        auc_d, n, n_auth = probe_mmtt_global(Path(mroot))
+        print(f"(d) MMTT global-statistics logistic regression, authentic vs manipulated ({n} images, {n_auth} authentic): "
+              f"AUC = {auc_d:.3f}  (target < 0.6)")
+    if args.skip_dgm4: return
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root
         if root is None:
