@@ -30,7 +30,8 @@ from .task import LossOutput, Progress, Task
 __all__ = ['SCHEDULES', 'TRAIN_PRESETS', 'Callback', 'TrainConfig', 'hammer_train_config', 'asap_train_config',
            'forgerytalker_train_config', 'tiny_train_config', 'world_size', 'BatchPlan', 'batch_plan',
            'resolve_batching', 'scheduled_lr', 'LRSchedule', 'mix_seed', 'BatchKey', 'EpochBatchSampler',
-           'SeededDataset', 'seed_worker', 'TrainState', 'StopTraining', 'FitResult', 'make_accelerator', 'fit']
+           'SeededDataset', 'seed_worker', 'TrainState', 'StopTraining', 'FitResult', 'make_accelerator',
+           'RowSparseAdamW', 'embedding_tables', 'fit']
 
 # %% ../nbs/50_train.ipynb #9e1d897e
 SCHEDULES = ("albef", "cosine", "linear_warmup_cosine")
@@ -363,10 +364,68 @@ def _train_data(loader_or_dataset, batch_size: int):
         raise TypeError(f"train_loader_fn must return a DataLoader or a map-style Dataset, got {type(loader_or_dataset).__name__}")
     return loader_or_dataset, default_collate
 
+class RowSparseAdamW(torch.optim.AdamW):
+    "torch's multi-tensor AdamW, with the Adam arithmetic of large embedding tables done only on rows it can change."
+    # A tiny model's word-embedding tables (bert-base-uncased's 30,522 rows) are most of its parameters, and a batch
+    # touches a few hundred rows: the plain step spends ~10 passes over every table. A row whose gradient, first and
+    # second moment are all exactly 0 (never looked up so far) leaves foreach AdamW's update as `p * (1 - lr * wd)`:
+    # m = lerp(0, 0) = 0, v = 0, and p + step * 0 / (0 + eps) = p. So: the decay on the whole table, the moments and the
+    # update on the rows ever touched, by the same per-tensor kernels torch's CPU foreach path calls, in the same order
+    # (torch/optim/adam.py `_multi_tensor_adam`, capturable=False). The runs are bit-identical to `torch.optim.AdamW(...,
+    # foreach=True)` (tiny HAMMER / ASAP / M4-BLIP seed-0 `metrics.json`, 2026-12-03) and the optimizer state (its
+    # checkpoint) has the same layout, so a run resumes under either.
+    def __init__(self, params, *, sparse_rows: Sequence[nn.Parameter] = (), **kw):
+        super().__init__(params, foreach=True, **kw)
+        self._sparse = {id(p) for p in sparse_rows}
+        self._active: dict[int, Tensor] = {}    # rows with a non-zero gradient so far (rebuilt from the state on resume)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None: raise ValueError("RowSparseAdamW.step takes no closure")
+        held = []
+        for g in self.param_groups:
+            for p in g["params"]:
+                if id(p) in self._sparse and p.grad is not None:
+                    self._row_step(p, g); held.append((p, p.grad)); p.grad = None   # the dense step skips it
+        try: super().step()
+        finally:
+            for p, grad in held: p.grad = grad
+
+    def _row_step(self, p: Tensor, g: dict) -> None:
+        if g["amsgrad"] or g["maximize"] or not g.get("decoupled_weight_decay", True) or p.is_complex():
+            raise ValueError("RowSparseAdamW supports plain AdamW only")
+        st, grad = self.state[p], p.grad
+        if len(st) == 0:   # as `Adam._init_group`
+            from torch.optim.optimizer import _get_scalar_dtype
+            st["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        act = self._active.get(id(p))
+        if act is None: act = self._active[id(p)] = (m != 0).any(1) | (v != 0).any(1)
+        act |= (grad != 0).any(1)
+        lr, (beta1, beta2), eps, wd = g["lr"], g["betas"], g["eps"], g["weight_decay"]
+        st["step"].add_(torch.tensor(1.0), alpha=1.0)
+        step = st["step"].item()
+        if wd != 0: p.mul_(1 - lr * wd)
+        rows = act.nonzero().squeeze(1)
+        if rows.numel() == 0: return
+        gr, mr, vr, pr = grad[rows], m[rows], v[rows], p[rows]
+        mr.lerp_(gr, 1 - beta1)
+        vr.mul_(beta2).addcmul_(gr, gr, value=1 - beta2)
+        denom = vr.sqrt().div_((1 - beta2 ** step) ** 0.5).add_(eps)
+        pr.addcdiv_(mr, denom, value=(lr / (1 - beta1 ** step)) * -1)
+        m[rows], v[rows], p[rows] = mr, vr, pr
+
+def embedding_tables(model: nn.Module, min_rows: int = 4096) -> list[nn.Parameter]:
+    "Trainable weights of the model's `nn.Embedding`s with at least `min_rows` rows (word-embedding tables)."
+    return [m.weight for m in model.modules()
+            if isinstance(m, nn.Embedding) and m.num_embeddings >= min_rows and m.weight.requires_grad]
+
 def _optimizer(model: nn.Module, groups: list[dict], cfg: TrainConfig,
                fused: bool = False,  # torch's fused AdamW kernel (faster on CPU; not used by the loop, see `_prepare`)
               ) -> torch.optim.Optimizer:
-    "AdamW over the task's parameter groups (each must name its lr), checking coverage."
+    "AdamW over the task's parameter groups (each must name its lr), checking coverage; row-sparse on CPU."
     groups = [dict(g, params=list(g["params"])) for g in groups]
     for i, g in enumerate(groups):
         if "lr" not in g: raise ValueError(f"param group {i} ({g.get('name', 'unnamed')}) has no 'lr'")
@@ -382,10 +441,11 @@ def _optimizer(model: nn.Module, groups: list[dict], cfg: TrainConfig,
     # On CPU the fused kernel (same AdamW update, one pass over each tensor; results within float rounding, ~1e-7)
     # is faster still: tiny HAMMER 4 vs 21 ms, ASAP 5 vs 21 ms, M4-BLIP 18 vs 68 ms per step (bert vocabulary;
     # 2026-12-03, shared 2-core machine). GPU training keeps foreach.
-    if fused: return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=cfg.betas, eps=cfg.eps,
-                                       weight_decay=cfg.weight_decay, fused=True)
-    return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                             foreach=True)
+    kw = dict(lr=groups[0]["lr"], betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if fused: return torch.optim.AdamW(groups, fused=True, **kw)
+    on_cpu = all(p.device.type == "cpu" for g in groups for p in g["params"])
+    if on_cpu: return RowSparseAdamW(groups, sparse_rows=embedding_tables(model), **kw)   # bit-identical, less work
+    return torch.optim.AdamW(groups, foreach=True, **kw)
 
 def _add_issues(report: IssueReport, items) -> None:
     "Add data issues, each distinct one once (a bad sample is met again every epoch)."
@@ -577,9 +637,10 @@ def _prepare(task: Task, train_loader_fn: Callable[[], Any], val_loader_fn: Call
     # model and optimiser: identical initialisation on every process, then per-process seeds (HAMMER train.py: seed + rank)
     seed_everything(cfg.seed, cfg.deterministic)
     model = task.build_model()
-    # foreach AdamW everywhere: the fused CPU kernel (`_optimizer(fused=True)`) is faster but rounds differently, and the
-    # tiny recipe's token F1 sits close to the all-tokens-fake baseline: with it, tiny HAMMER seed 0 fell from 32.12
-    # to 28.63 (baseline 28.86) in a clean-clone `make reproduce` (2026-12-03), which saved ~1 min of 30
+    # foreach AdamW everywhere (on CPU `RowSparseAdamW`, its bit-identical row-sparse form): the fused CPU kernel
+    # (`_optimizer(fused=True)`) is faster but rounds differently, and the tiny recipe's token F1 sits close to the
+    # all-tokens-fake baseline: with it, tiny HAMMER seed 0 fell from 32.12 to 28.63 (baseline 28.86) in a clean-clone
+    # `make reproduce` (2026-12-03), which saved ~1 min of 30
     run.optimizer = _optimizer(model, task.param_groups(model), cfg)
     seed_everything(cfg.seed + run.rank, cfg.deterministic)
 
