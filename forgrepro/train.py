@@ -379,6 +379,10 @@ class RowSparseAdamW(torch.optim.AdamW):
         self._sparse = {id(p) for p in sparse_rows}
         self._active: dict[int, Tensor] = {}    # rows with a non-zero gradient so far (rebuilt from the state on resume)
 
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._active.clear()   # the loaded moments decide which rows are live
+
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None: raise ValueError("RowSparseAdamW.step takes no closure")
