@@ -5,6 +5,7 @@
 # %% ../nbs/52_repro.ipynb #be9f3960
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -29,12 +30,13 @@ from .tables import (RELEASED_DIR, SYNTHETIC_BANNER, SeedRuns, TableDef, _best, 
                               render_markdown, repo_root, seed_stats, table_cells)
 
 # %% auto #0
-__all__ = ['SCALES', 'ROW_META', 'TRAIN_SCALARS', 'CACHE_IGNORED', 'TINY_ROW_SECONDS', 'HEADLINE_METRICS', 'SPREAD_METRICS',
-           'BASELINE_COLUMNS', 'BASELINES_DIR', 'REPRODUCIBILITY_NOTE', 'stack_params', 'RowConfig', 'load_row',
-           'resolve_params', 'default_cache_dir', 'synthetic_dataset', 'row_spec', 'save_dgm4_predictions', 'recipe_of',
-           'code_fingerprint', 'cache_key', 'is_cached', 'expected_seconds', 'kernel_name', 'execute_notebook',
-           'accelerate_command', 'RowNotRun', 'run_row', 'seed_run_dir', 'trivial_baselines', 'baseline_rows',
-           'render_trivial_baselines', 'render_seed_spread', 'data_key', 'plan', 'render_reports', 'reproduce']
+__all__ = ['SCALES', 'ROW_META', 'TRAIN_SCALARS', 'CACHE_IGNORED', 'TINY_ROW_SECONDS', 'ROW_ENV', 'HEADLINE_METRICS',
+           'SPREAD_METRICS', 'BASELINE_COLUMNS', 'BASELINES_DIR', 'REPRODUCIBILITY_NOTE', 'stack_params', 'RowConfig',
+           'load_row', 'resolve_params', 'default_cache_dir', 'synthetic_dataset', 'row_spec', 'save_dgm4_predictions',
+           'recipe_of', 'code_fingerprint', 'cache_key', 'is_cached', 'expected_seconds', 'kernel_name', 'row_env',
+           'execute_notebook', 'accelerate_command', 'RowNotRun', 'run_row', 'seed_run_dir', 'trivial_baselines',
+           'baseline_rows', 'render_trivial_baselines', 'render_seed_spread', 'data_key', 'plan', 'render_reports',
+           'reproduce']
 
 # %% ../nbs/52_repro.ipynb #f205d851
 SCALES = ("tiny", "paper")
@@ -251,6 +253,24 @@ def expected_seconds(params: Mapping[str, Any]) -> float:
 def kernel_name() -> str:
     "`$FORGREPRO_KERNEL`, else `python3` (the Makefile registers the venv's kernel under that name)."
     return os.environ.get("FORGREPRO_KERNEL", "python3")
+
+# glibc's malloc hands freed blocks above its (dynamic) mmap threshold back to the OS, so a CPU training step that frees
+# and re-allocates its large buffers (a 30,522-row embedding gradient, activations) pays page faults on fresh zeroed pages
+# every step. Fixed thresholds keep those pages in the heap: M_MMAP_THRESHOLD at glibc's 32 MiB cap (setting it also
+# turns the dynamic threshold off) and M_TRIM_THRESHOLD at 16 GiB (mallopt(3); read from the environment at process
+# start, ignored by other C libraries). The allocator does no arithmetic: runs stay bit-identical. Tiny step, one thread,
+# idle 2-core machine, `python benchmarks/bench_tiny_steps.py --root DIR` with / without these variables (2026-12-03):
+# HAMMER 117 -> 102 ms, ASAP 200 -> 181 ms, M4-BLIP 284 -> 276 ms.
+ROW_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
+
+@contextlib.contextmanager
+def row_env(device: str):
+    "Inside: `ROW_ENV` for the processes started to train rows on the CPU (a variable already set wins); restored after."
+    new = {k: v for k, v in ROW_ENV.items() if k not in os.environ} if device == "cpu" else {}
+    os.environ.update(new)
+    try: yield new
+    finally:
+        for k in new: os.environ.pop(k, None)
 
 def _git(args: list[str], cwd: Path) -> str | None:
     try: return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
@@ -627,23 +647,24 @@ def reproduce(tables: Sequence[str] | None = None,  # table ids (default: all)
             except Exception as e: log(f"[forgrepro.repro] {kind} baselines failed: {type(e).__name__}: {str(e)[:300]}")
         return out
     if jobs > 1: todo.sort(key=lambda t: -expected_seconds(t[3]))   # longest first: the last rows do not run alone
-    bar = tqdm(total=len(todo), desc="rows" if not seeds else "runs (rows x seeds)", unit="run", disable=not progress)
-    kw = dict(force=force, launcher=launcher, num_processes=num_processes, cached_only=not train)
-    if jobs <= 1:
-        for label, rid, seed, params in todo:
-            bar.set_postfix_str(label)
-            done(label, rid, seed, params["run_dir"], lambda: run_row(params, **kw)); bar.update()
-        blind_res = blind()
-    else:   # each row in a fresh process (its own papermill kernel); results arrive as rows finish
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
-            futures = {ex.submit(run_row, params, **kw): (label, rid, seed, params["run_dir"]) for label, rid, seed, params in todo}
-            blind_res = blind()           # here, while the rows train
-            for fut in as_completed(futures):
-                bar.set_postfix_str(futures[fut][0])
-                done(*futures[fut], fut.result); bar.update()
-    bar.close()
+    with row_env(device):   # allocator settings of the training processes (CPU)
+        bar = tqdm(total=len(todo), desc="rows" if not seeds else "runs (rows x seeds)", unit="run", disable=not progress)
+        kw = dict(force=force, launcher=launcher, num_processes=num_processes, cached_only=not train)
+        if jobs <= 1:
+            for label, rid, seed, params in todo:
+                bar.set_postfix_str(label)
+                done(label, rid, seed, params["run_dir"], lambda: run_row(params, **kw)); bar.update()
+            blind_res = blind()
+        else:   # each row in a fresh process (its own papermill kernel); results arrive as rows finish
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
+                futures = {ex.submit(run_row, params, **kw): (label, rid, seed, params["run_dir"]) for label, rid, seed, params in todo}
+                blind_res = blind()           # here, while the rows train
+                for fut in as_completed(futures):
+                    bar.set_postfix_str(futures[fut][0])
+                    done(*futures[fut], fut.result); bar.update()
+        bar.close()
     # one run per row: its metrics as they are (the single-seed tables); several seeds: a SeedRuns per row, in seed order
     # (rows finish in any order with --jobs; the reports must not depend on it)
     metrics = {rid: SeedRuns(sorted(by_seed[rid].items())) if seeds else by_seed[rid][None] for rid in runs if rid in by_seed}
