@@ -238,7 +238,7 @@ def is_cached(run_dir: str | os.PathLike, key: str) -> bool:
 # Tiny-scale CPU seconds per row by method, or by 'method:ablation' where a row differs (one thread, issue-14 recipe,
 # estimated 2026-12-03): only orders the rows of a parallel reproduction (longest first) when a row has no earlier run
 # to read its time from. ForgeryTalker's full row also trains the FPN its other rows do not need.
-TINY_ROW_SECONDS = {"hammer": 110.0, "asap": 200.0, "m4blip": 260.0, "forgerytalker": 280.0,
+TINY_ROW_SECONDS = {"hammer": 120.0, "asap": 120.0, "m4blip": 150.0, "forgerytalker": 280.0,
                     "forgerytalker:full": 560.0}
 
 def expected_seconds(params: Mapping[str, Any]) -> float:
